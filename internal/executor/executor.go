@@ -1,0 +1,289 @@
+// Package executor executes runs: it claims runs with pending work under a
+// lease, walks their frames through the agent loop (run_once), renews and
+// releases leases, and runs the janitor that reclaims the leases of executors
+// that died.
+package executor
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/oaruntime/oaruntime/internal/notify"
+	"github.com/oaruntime/oaruntime/internal/provider"
+	"github.com/oaruntime/oaruntime/internal/store"
+	"github.com/oaruntime/oaruntime/internal/telemetry"
+	"github.com/oaruntime/oaruntime/internal/tools"
+)
+
+// Config of an executor node.
+type Config struct {
+	Owner         string        // lease owner identity of this node
+	LeaseTTL      time.Duration // default 10s
+	RenewEvery    time.Duration // default 3s
+	PollInterval  time.Duration // claim poll when no notice arrives; default 500ms
+	Concurrency   int           // runs executed at once; default 64
+	MaxModelCalls int           // per turn; default 32
+}
+
+func (c *Config) defaults() {
+	if c.LeaseTTL <= 0 {
+		c.LeaseTTL = 10 * time.Second
+	}
+	if c.RenewEvery <= 0 {
+		c.RenewEvery = 3 * time.Second
+	}
+	if c.PollInterval <= 0 {
+		c.PollInterval = 500 * time.Millisecond
+	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = 64
+	}
+	if c.MaxModelCalls <= 0 {
+		c.MaxModelCalls = 32
+	}
+}
+
+// ProviderFunc picks the model provider for a run (from run.Provider).
+type ProviderFunc func(run store.Run) (provider.Provider, error)
+
+// Deps are the executor's collaborators.
+type Deps struct {
+	Store     store.Store
+	Hub       *notify.Hub
+	Metrics   *telemetry.Metrics
+	Logger    *slog.Logger
+	Tracer    trace.Tracer
+	Providers ProviderFunc
+	Tools     *tools.Registry
+}
+
+// Executor is the per-node run executor service.
+type Executor struct {
+	cfg Config
+	d   Deps
+
+	mu      sync.Mutex
+	running map[string]context.CancelFunc
+	wg      sync.WaitGroup
+	kick    chan struct{}
+
+	stopOnce sync.Once
+	stopCh   chan struct{} // closed by Stop: a clean shutdown releases leases
+	cancel   context.CancelFunc
+	done     chan struct{}
+}
+
+// New returns an executor; Start runs it.
+func New(cfg Config, d Deps) *Executor {
+	cfg.defaults()
+	if d.Logger == nil {
+		d.Logger = slog.New(slog.DiscardHandler)
+	}
+	if d.Tracer == nil {
+		d.Tracer = noop.NewTracerProvider().Tracer("oaruntime/executor")
+	}
+	if d.Providers == nil {
+		d.Providers = DefaultProviders
+	}
+	if d.Tools == nil {
+		d.Tools = tools.NewRegistry(tools.Echo{}, tools.Sleep{})
+	}
+	return &Executor{cfg: cfg, d: d, running: map[string]context.CancelFunc{}, kick: make(chan struct{}, 1), stopCh: make(chan struct{}), done: make(chan struct{})}
+}
+
+// Start runs the claim loop until ctx ends or Stop is called. Cancelling ctx
+// is an abrupt stop, like a crash: leases are NOT released and the janitor of
+// another node reclaims them. Stop is the clean shutdown.
+func (e *Executor) Start(ctx context.Context) {
+	ctx, e.cancel = context.WithCancel(ctx)
+	go func() {
+		defer close(e.done)
+		e.loop(ctx)
+		e.wg.Wait()
+	}()
+}
+
+// Stop shuts down cleanly: in-flight turns are canceled, and their leases
+// released so that another executor can continue at once.
+func (e *Executor) Stop(ctx context.Context) error {
+	e.stopOnce.Do(func() { close(e.stopCh) })
+	if e.cancel != nil {
+		e.cancel()
+	}
+	select {
+	case <-e.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Running reports how many runs this node is executing.
+func (e *Executor) Running() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.running)
+}
+
+func (e *Executor) clean() bool {
+	select {
+	case <-e.stopCh:
+		return true
+	default:
+		return false
+	}
+}
+
+func (e *Executor) wake() {
+	select {
+	case e.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (e *Executor) loop(ctx context.Context) {
+	var notices <-chan struct{}
+	if e.d.Hub != nil {
+		ch, unsub := e.d.Hub.Subscribe("")
+		defer unsub()
+		notices = ch
+	}
+	t := time.NewTicker(e.cfg.PollInterval)
+	defer t.Stop()
+	for {
+		e.claim(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-notices:
+		case <-e.kick:
+		case <-t.C:
+		}
+	}
+}
+
+func (e *Executor) claim(ctx context.Context) {
+	e.mu.Lock()
+	free := e.cfg.Concurrency - len(e.running)
+	e.mu.Unlock()
+	if free <= 0 {
+		return
+	}
+	grants, err := e.d.Store.ClaimRunnable(ctx, e.cfg.Owner, e.cfg.LeaseTTL, free)
+	if err != nil {
+		if ctx.Err() == nil {
+			e.d.Logger.WarnContext(ctx, "claim runnable runs failed", "error", err)
+			e.d.Metrics.LeaseOp("acquire", "error")
+		}
+		return
+	}
+	for _, g := range grants {
+		e.d.Metrics.LeaseOp("acquire", g.Result)
+		e.spawn(ctx, g.Lease)
+	}
+}
+
+func (e *Executor) spawn(ctx context.Context, l store.Lease) {
+	runCtx, cancel := context.WithCancel(ctx)
+	e.mu.Lock()
+	e.running[l.RunID] = cancel
+	e.mu.Unlock()
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		defer func() {
+			e.mu.Lock()
+			delete(e.running, l.RunID)
+			e.mu.Unlock()
+			cancel()
+			e.wake() // work may have arrived while we held the lease
+		}()
+		e.execute(runCtx, l)
+	}()
+}
+
+// execute runs one leased run, keeping the lease alive while it works.
+func (e *Executor) execute(ctx context.Context, l store.Lease) {
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	lost := make(chan struct{})
+	keeperDone := make(chan struct{})
+	go func() {
+		defer close(keeperDone)
+		e.keepLease(runCtx, l, cancel, lost)
+	}()
+	res := e.RunOnce(runCtx, l)
+	cancel()
+	<-keeperDone
+	select {
+	case <-lost:
+		return // the lease is someone else's now
+	default:
+	}
+	if ctx.Err() != nil && !e.clean() {
+		return // abrupt stop: behave like a crash, leave the lease to expire
+	}
+	rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer rcancel()
+	if err := e.d.Store.ReleaseLease(rctx, l); err != nil {
+		e.d.Metrics.LeaseOp("release", "error")
+		e.d.Logger.Warn("release lease failed", "run_id", l.RunID, "error", err)
+		return
+	}
+	e.d.Metrics.LeaseOp("release", "ok")
+	_ = res
+}
+
+func (e *Executor) keepLease(ctx context.Context, l store.Lease, cancel context.CancelFunc, lost chan<- struct{}) {
+	t := time.NewTicker(e.cfg.RenewEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		nl, err := e.d.Store.RenewLease(ctx, l, e.cfg.LeaseTTL)
+		switch {
+		case err == nil:
+			l = nl
+			e.d.Metrics.LeaseOp("renew", store.LeaseRenewed)
+		case errors.Is(err, store.ErrFenced):
+			e.d.Metrics.LeaseOp("renew", "lost")
+			e.d.Logger.Warn("lease lost; stopping run", "run_id", l.RunID, "lease_owner", l.Owner)
+			close(lost)
+			cancel()
+			return
+		default:
+			if ctx.Err() != nil {
+				return
+			}
+			// A transient database error: keep trying until the TTL runs out;
+			// fencing protects the log if another executor takes over.
+			e.d.Metrics.LeaseOp("renew", "error")
+			e.d.Logger.Warn("lease renewal failed", "run_id", l.RunID, "error", err)
+		}
+	}
+}
+
+// DefaultProviders resolves run.Provider to the built-in scripted provider
+// with the run's fault settings. Other providers are wired by the server.
+func DefaultProviders(run store.Run) (provider.Provider, error) {
+	spec, err := ParseProviderSpec(run.Provider)
+	if err != nil {
+		return nil, err
+	}
+	if spec.Name != "" && spec.Name != "scripted" {
+		return nil, &provider.Error{Class: "provider_unavailable", Err: errors.New("unknown provider " + spec.Name)}
+	}
+	return &provider.Scripted{Faults: spec.Faults}, nil
+}
+
+// Wake asks the claim loop to look for work now.
+func (e *Executor) Wake() { e.wake() }

@@ -1,0 +1,501 @@
+package executor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+
+	"github.com/oaruntime/oaruntime/internal/provider"
+	"github.com/oaruntime/oaruntime/internal/runs"
+	"github.com/oaruntime/oaruntime/internal/store"
+	"github.com/oaruntime/oaruntime/internal/telemetry"
+	"github.com/oaruntime/oaruntime/internal/tools"
+)
+
+// Result of one RunOnce.
+type Result struct {
+	ProcessedFrames int
+	Status          string
+	ReasonClass     string // terminal reason class, "none" while the run stays open, or the error class
+	Err             error
+}
+
+// ProviderSpec is a run's `provider` document.
+type ProviderSpec struct {
+	Name     string          `json:"name"`
+	Model    string          `json:"model,omitempty"`
+	Fallback string          `json:"fallback,omitempty"`
+	Faults   provider.Faults `json:"faults"`
+}
+
+// ParseProviderSpec decodes run.Provider; empty means scripted.
+func ParseProviderSpec(raw json.RawMessage) (ProviderSpec, error) {
+	var s ProviderSpec
+	if len(raw) == 0 || string(raw) == "null" {
+		return s, nil
+	}
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return s, fmt.Errorf("provider: %w", err)
+	}
+	return s, nil
+}
+
+// runOptions are the run's metadata switches.
+type runOptions struct {
+	KeepOpen bool `json:"keep_open"`
+}
+
+// RunOnce processes the leased run's pending frames until the run is terminal
+// or has no more input. Every write carries the lease's fencing token.
+func (e *Executor) RunOnce(ctx context.Context, l store.Lease) (res Result) {
+	start := time.Now()
+	ctx, span := e.d.Tracer.Start(ctx, "run_once")
+	span.SetAttributes(attribute.String("run_id", l.RunID))
+	defer func() {
+		result := "ok"
+		if res.Err != nil {
+			result = "error"
+			span.SetStatus(codes.Error, res.Err.Error())
+		}
+		if res.ReasonClass == "" {
+			res.ReasonClass = "none"
+		}
+		e.d.Metrics.RunOnce(result, res.ReasonClass, time.Since(start))
+		span.End()
+	}()
+	r := &runner{e: e, lease: l, fence: l.Fence()}
+	res = r.run(ctx)
+	return res
+}
+
+type runner struct {
+	e     *Executor
+	lease store.Lease
+	fence *store.Fence
+	run_  store.Run
+}
+
+func (r *runner) run(ctx context.Context) Result {
+	st := r.e.d.Store
+	run, err := st.GetRun(ctx, r.lease.RunID)
+	if err != nil {
+		return Result{Err: err, ReasonClass: errClass(err)}
+	}
+	r.run_ = run
+	if store.Terminal(run.Status) {
+		return Result{Status: run.Status, ReasonClass: run.TerminalReasonClass}
+	}
+	if run.Status == store.StatusCreated {
+		if _, err := r.append(ctx, "run.started", map[string]any{}, "run.started", 0, store.TraceContext{}); err != nil {
+			return Result{Err: err, ReasonClass: errClass(err)}
+		}
+	}
+	processed := 0
+	for {
+		if err := ctx.Err(); err != nil {
+			return Result{ProcessedFrames: processed, Err: err, ReasonClass: "executor_error"}
+		}
+		run, err = st.GetRun(ctx, r.lease.RunID)
+		if err != nil {
+			return Result{ProcessedFrames: processed, Err: err, ReasonClass: errClass(err)}
+		}
+		r.run_ = run
+		if store.Terminal(run.Status) {
+			return Result{ProcessedFrames: processed, Status: run.Status, ReasonClass: run.TerminalReasonClass}
+		}
+		if run.Status == store.StatusCanceling {
+			return r.finishCanceled(ctx, 0, "", processed)
+		}
+		fr, err := st.NextFrame(ctx, run.RunID, run.LastProcessedFrameID)
+		if errors.Is(err, store.ErrNotFound) {
+			return Result{ProcessedFrames: processed, Status: run.Status, ReasonClass: "none"}
+		}
+		if err != nil {
+			return Result{ProcessedFrames: processed, Err: err, ReasonClass: errClass(err)}
+		}
+		processed++
+		res, done := r.frame(ctx, fr)
+		if done {
+			res.ProcessedFrames = processed
+			return res
+		}
+	}
+}
+
+// frame processes one frame; done=true ends RunOnce with res.
+func (r *runner) frame(ctx context.Context, fr store.Frame) (Result, bool) {
+	ctx = telemetry.ContextWithRemote(ctx, fr.Trace.TraceParent, fr.Trace.TraceState)
+	if fr.Trace.RequestID != "" {
+		ctx = telemetry.WithRequestID(ctx, fr.Trace.RequestID)
+	}
+	ctx, span := r.e.d.Tracer.Start(ctx, "frame "+fr.Type)
+	defer span.End()
+	var p map[string]any
+	_ = json.Unmarshal(fr.Payload, &p)
+	reason, _ := p["reason"].(string)
+	switch fr.Type {
+	case "cancel", "cancel_requested":
+		if reason == "" {
+			reason = "cancel requested"
+		}
+		if _, err := r.append(ctx, "run.cancel_requested", map[string]any{"frame_id": fr.FrameID, "reason_class": "cancel_requested", "reason": reason, "requested_by": "frame"}, "run.cancel_requested", 0, fr.Trace); err != nil {
+			return r.fail(err), true
+		}
+		return r.finishCanceled(ctx, fr.ID, fr.FrameID, 0), true
+	case "finish", "complete", "run_complete":
+		if reason == "" {
+			reason = "completed"
+		}
+		return r.finish(ctx, store.StatusSucceeded, "completed", reason, fr, nil), true
+	case "fail", "error":
+		rc, _ := p["reason_class"].(string)
+		if rc == "" {
+			rc = "execution_failed"
+		}
+		if reason == "" {
+			reason = "failed by frame"
+		}
+		return r.finish(ctx, store.StatusFailed, rc, reason, fr, nil), true
+	case "user_message":
+		return r.turn(ctx, fr, p)
+	default:
+		if _, err := r.append(ctx, "run.frame_consumed", map[string]any{"frame_id": fr.FrameID, "frame_type": fr.Type}, "f:"+fr.FrameID+":consumed", fr.ID, fr.Trace); err != nil {
+			return r.fail(err), true
+		}
+		return Result{}, false
+	}
+}
+
+func (r *runner) finish(ctx context.Context, status, reasonClass, reason string, fr store.Frame, extra map[string]any) Result {
+	payload := map[string]any{"status": status, "reason_class": reasonClass, "reason": reason}
+	if fr.FrameID != "" {
+		payload["frame_id"] = fr.FrameID
+	}
+	for k, v := range extra {
+		payload[k] = v
+	}
+	ev, err := r.append(ctx, "run.finished", payload, "run.finished", fr.ID, fr.Trace)
+	if err != nil {
+		return r.fail(err)
+	}
+	var got struct {
+		Status      string `json:"status"`
+		ReasonClass string `json:"reason_class"`
+	}
+	_ = json.Unmarshal(ev.Payload, &got)
+	r.e.d.Metrics.Terminal(got.Status, got.ReasonClass)
+	return Result{Status: got.Status, ReasonClass: got.ReasonClass}
+}
+
+func (r *runner) finishCanceled(ctx context.Context, frameRowID int64, frameID string, processed int) Result {
+	reason := "cancel requested"
+	if ev, err := r.e.d.Store.FindEventByType(ctx, r.lease.RunID, "run.cancel_requested"); err == nil {
+		var p struct {
+			Reason string `json:"reason"`
+		}
+		if json.Unmarshal(ev.Payload, &p) == nil && p.Reason != "" {
+			reason = p.Reason
+		}
+	}
+	res := r.finish(ctx, store.StatusCanceled, "cancel_requested", reason, store.Frame{ID: frameRowID, FrameID: frameID}, nil)
+	res.ProcessedFrames = processed
+	return res
+}
+
+// fail classifies an executor error: a lost lease is not the run's failure.
+func (r *runner) fail(err error) Result {
+	return Result{Err: err, ReasonClass: errClass(err)}
+}
+
+func errClass(err error) string {
+	switch {
+	case errors.Is(err, store.ErrFenced):
+		return "lease_lost"
+	case errors.Is(err, store.ErrNotFound):
+		return "run_not_found"
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return "canceled"
+	default:
+		return "executor_error"
+	}
+}
+
+// append writes one event under the lease. Payloads are sanitized before
+// hashing; the idempotency key makes a re-execution after a crash a replay.
+func (r *runner) append(ctx context.Context, eventType string, payload map[string]any, key string, processedFrame int64, tc store.TraceContext) (store.Event, error) {
+	raw, err := json.Marshal(payload)
+	if err != nil {
+		return store.Event{}, fmt.Errorf("encode %s payload: %w", eventType, err)
+	}
+	clean, err := runs.SanitizeJSON(raw)
+	if err != nil {
+		return store.Event{}, fmt.Errorf("sanitize %s payload: %w", eventType, err)
+	}
+	canon, err := runs.CanonicalizeRaw(clean)
+	if err != nil {
+		return store.Event{}, err
+	}
+	if tc.TraceParent == "" {
+		tc.TraceParent, tc.TraceState = telemetry.Inject(ctx)
+	}
+	if tc.RequestID == "" {
+		tc.RequestID = telemetry.RequestID(ctx)
+	}
+	ev, _, err := r.e.d.Store.AppendEvent(ctx, store.AppendInput{
+		RunID: r.lease.RunID, EventType: eventType, Payload: canon, IdempotencyKey: key,
+		Fence: r.fence, ProcessedFrameID: processedFrame, Trace: tc,
+	})
+	if err != nil {
+		return ev, fmt.Errorf("append %s: %w", eventType, err)
+	}
+	return ev, nil
+}
+
+// priorEvents indexes the events a previous execution already appended for
+// this frame, by idempotency key, so that completed model and tool calls are
+// not repeated after a crash.
+func (r *runner) priorEvents(ctx context.Context, frameID string) (map[string]store.Event, error) {
+	prefix := "f:" + frameID + ":"
+	out := map[string]store.Event{}
+	var after int64
+	for {
+		evs, err := r.e.d.Store.ListEvents(ctx, r.lease.RunID, after, 500)
+		if err != nil {
+			return nil, err
+		}
+		for _, ev := range evs {
+			if strings.HasPrefix(ev.IdempotencyKey, prefix) {
+				out[ev.IdempotencyKey] = ev
+			}
+			after = ev.Seq
+		}
+		if len(evs) < 500 {
+			return out, nil
+		}
+	}
+}
+
+// turn runs the agent loop for one user_message frame.
+func (r *runner) turn(ctx context.Context, fr store.Frame, p map[string]any) (Result, bool) {
+	text, _ := p["text"].(string)
+	var script json.RawMessage
+	if s, ok := p["script"]; ok {
+		script, _ = json.Marshal(s)
+	}
+	prov, err := r.e.d.Providers(r.run_)
+	if err != nil {
+		return r.finish(ctx, store.StatusFailed, provider.Class(err), err.Error(), fr, nil), true
+	}
+	prior, err := r.priorEvents(ctx, fr.FrameID)
+	if err != nil {
+		return r.fail(err), true
+	}
+	// A cancel request interrupts model and tool calls in flight.
+	turnCtx, stopWatch := r.watchCancel(ctx)
+	defer stopWatch()
+
+	msgs := []provider.Message{{Role: "user", Content: text, Script: script}}
+	key := func(call int, rest string) string { return fmt.Sprintf("f:%s:m%d:%s", fr.FrameID, call, rest) }
+	for call := 1; call <= r.e.cfg.MaxModelCalls; call++ {
+		resp, replayed := replayResponse(prior, key(call, ""))
+		if !replayed {
+			resp, err = r.modelCall(turnCtx, prov, provider.Request{Messages: msgs})
+			if err != nil {
+				if cr, canceled := r.canceledDuringTurn(ctx, fr); canceled {
+					return cr, true
+				}
+				if errors.Is(err, store.ErrFenced) || ctx.Err() != nil {
+					return r.fail(err), true
+				}
+				return r.finish(ctx, store.StatusFailed, provider.Class(err), err.Error(), fr, nil), true
+			}
+		}
+		for i, d := range resp.Deltas {
+			if _, err := r.append(ctx, "run.delta", map[string]any{"delta": d, "frame_id": fr.FrameID}, key(call, fmt.Sprintf("d%d", i)), 0, fr.Trace); err != nil {
+				return r.fail(err), true
+			}
+		}
+		if len(resp.ToolCalls) == 0 {
+			// With keep_open the answer event advances the frame cursor;
+			// otherwise run.finished does, in the same transaction.
+			var cursor int64
+			if r.keepOpen() {
+				cursor = fr.ID
+			}
+			if resp.Answer != "" || len(resp.Deltas) == 0 || cursor != 0 {
+				if _, err := r.append(ctx, "run.delta", map[string]any{"delta": resp.Answer, "frame_id": fr.FrameID, "final": true}, key(call, "a"), cursor, fr.Trace); err != nil {
+					return r.fail(err), true
+				}
+			}
+			if cursor != 0 {
+				return Result{}, false
+			}
+			return r.finish(ctx, store.StatusSucceeded, "completed", "input answered", fr, nil), true
+		}
+		assistant := provider.Message{Role: "assistant", ToolCalls: resp.ToolCalls}
+		msgs = append(msgs, assistant)
+		for j, tc := range resp.ToolCalls {
+			callID := fmt.Sprintf("%s.%s", fr.FrameID, tc.ID)
+			res, err := r.toolCall(turnCtx, ctx, fr, tc, callID, prior, key(call, fmt.Sprintf("t%d", j)))
+			if err != nil {
+				return r.fail(err), true
+			}
+			if res.Status == tools.Canceled {
+				if cr, canceled := r.canceledDuringTurn(ctx, fr); canceled {
+					return cr, true
+				}
+			}
+			content, _ := json.Marshal(res)
+			msgs = append(msgs, provider.Message{Role: "tool", ToolCallID: tc.ID, Content: string(content)})
+		}
+	}
+	return r.finish(ctx, store.StatusFailed, "loop_detected", fmt.Sprintf("more than %d model calls in one turn", r.e.cfg.MaxModelCalls), fr, nil), true
+}
+
+func (r *runner) keepOpen() bool {
+	var o runOptions
+	_ = json.Unmarshal(r.run_.Metadata, &o)
+	return o.KeepOpen
+}
+
+// replayResponse rebuilds model call k's response from the events a previous
+// execution appended; ok=false when the call left no trace.
+func replayResponse(prior map[string]store.Event, prefix string) (provider.Response, bool) {
+	var resp provider.Response
+	found := false
+	for i := 0; ; i++ {
+		ev, ok := prior[fmt.Sprintf("%sd%d", prefix, i)]
+		if !ok {
+			break
+		}
+		found = true
+		var p struct {
+			Delta string `json:"delta"`
+		}
+		_ = json.Unmarshal(ev.Payload, &p)
+		resp.Deltas = append(resp.Deltas, p.Delta)
+	}
+	for j := 0; ; j++ {
+		ev, ok := prior[fmt.Sprintf("%st%d:call", prefix, j)]
+		if !ok {
+			break
+		}
+		found = true
+		var p struct {
+			ToolCallID string          `json:"tool_call_id"`
+			ModelID    string          `json:"model_call_id"`
+			ToolName   string          `json:"tool_name"`
+			Input      json.RawMessage `json:"input"`
+		}
+		_ = json.Unmarshal(ev.Payload, &p)
+		resp.ToolCalls = append(resp.ToolCalls, provider.ToolCall{ID: p.ModelID, Name: p.ToolName, Input: p.Input})
+	}
+	if ev, ok := prior[prefix+"a"]; ok {
+		found = true
+		var p struct {
+			Delta string `json:"delta"`
+		}
+		_ = json.Unmarshal(ev.Payload, &p)
+		resp.Answer = p.Delta
+	}
+	return resp, found
+}
+
+func (r *runner) modelCall(ctx context.Context, prov provider.Provider, req provider.Request) (provider.Response, error) {
+	ctx, span := r.e.d.Tracer.Start(ctx, "model.call")
+	span.SetAttributes(attribute.String("provider", prov.Name()))
+	defer span.End()
+	resp, err := prov.Complete(ctx, req)
+	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
+	}
+	return resp, err
+}
+
+// toolCall appends tool.call, runs the tool (unless a previous execution
+// already recorded its result) and appends exactly one tool.result.
+func (r *runner) toolCall(turnCtx, ctx context.Context, fr store.Frame, tc provider.ToolCall, callID string, prior map[string]store.Event, key string) (tools.Result, error) {
+	if ev, ok := prior[key+":result"]; ok {
+		var res tools.Result
+		_ = json.Unmarshal(ev.Payload, &res)
+		return res, nil
+	}
+	input := tc.Input
+	if len(input) == 0 {
+		input = json.RawMessage("{}")
+	}
+	var inputDoc any
+	_ = json.Unmarshal(input, &inputDoc)
+	if _, err := r.append(ctx, "tool.call", map[string]any{"tool_call_id": callID, "model_call_id": tc.ID, "tool_name": tc.Name, "input": inputDoc, "frame_id": fr.FrameID}, key+":call", 0, fr.Trace); err != nil {
+		return tools.Result{}, err
+	}
+	r.e.d.Metrics.ToolLifecycle(tc.Name, "start", "ok")
+	tctx, span := r.e.d.Tracer.Start(turnCtx, "tool.call")
+	span.SetAttributes(attribute.String("tool", tc.Name), attribute.String("tool_call_id", callID))
+	start := time.Now()
+	res := r.e.d.Tools.Run(tctx, tc.Name, input)
+	d := time.Since(start)
+	if res.Status != tools.Succeeded {
+		span.SetStatus(codes.Error, res.ErrorClass)
+	}
+	span.End()
+	r.e.d.Metrics.ToolDuration(tc.Name, res.Status, d)
+	r.e.d.Metrics.ToolLifecycle(tc.Name, "terminal", res.Status)
+	payload := map[string]any{"tool_call_id": callID, "tool_name": tc.Name, "status": res.Status, "frame_id": fr.FrameID, "duration_ms": d.Milliseconds()}
+	if res.Output != nil {
+		var out any
+		_ = json.Unmarshal(res.Output, &out)
+		payload["output"] = out
+	}
+	if res.ErrorClass != "" {
+		payload["error_class"] = res.ErrorClass
+		payload["error"] = res.Error
+	}
+	if _, err := r.append(ctx, "tool.result", payload, key+":result", 0, fr.Trace); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+// watchCancel returns a context canceled when the run moves to canceling.
+func (r *runner) watchCancel(ctx context.Context) (context.Context, func()) {
+	turnCtx, cancel := context.WithCancel(ctx)
+	if r.e.d.Hub == nil {
+		return turnCtx, cancel
+	}
+	wake, unsub := r.e.d.Hub.Subscribe(r.lease.RunID)
+	go func() {
+		for {
+			select {
+			case <-turnCtx.Done():
+				return
+			case <-wake:
+				run, err := r.e.d.Store.GetRun(turnCtx, r.lease.RunID)
+				if err == nil && (run.Status == store.StatusCanceling || store.Terminal(run.Status)) {
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	return turnCtx, func() { unsub(); cancel() }
+}
+
+// canceledDuringTurn finishes the run as canceled when a cancel request
+// interrupted the turn.
+func (r *runner) canceledDuringTurn(ctx context.Context, fr store.Frame) (Result, bool) {
+	if ctx.Err() != nil {
+		return Result{}, false
+	}
+	run, err := r.e.d.Store.GetRun(ctx, r.lease.RunID)
+	if err != nil || run.Status != store.StatusCanceling {
+		return Result{}, false
+	}
+	return r.finishCanceled(ctx, 0, "", 0), true
+}
