@@ -1,0 +1,269 @@
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/oaruntime/oaruntime/internal/runs"
+	"github.com/oaruntime/oaruntime/internal/store"
+)
+
+const eventCols = `run_id, seq, event_type, payload, prev_hash, event_hash,
+	COALESCE(idempotency_key, ''), traceparent, tracestate, request_id, created_at`
+
+func scanEvent(row pgx.Row) (store.Event, error) {
+	var e store.Event
+	var payload []byte
+	err := row.Scan(&e.RunID, &e.Seq, &e.EventType, &payload, &e.PrevHash, &e.EventHash,
+		&e.IdempotencyKey, &e.Trace.TraceParent, &e.Trace.TraceState, &e.Trace.RequestID, &e.CreatedAt)
+	if err != nil {
+		return store.Event{}, err
+	}
+	e.Payload = json.RawMessage(payload)
+	e.CreatedAt = e.CreatedAt.UTC()
+	return e, nil
+}
+
+// maxNotifyPayload stays under PostgreSQL's 8000-byte NOTIFY limit.
+const maxNotifyPayload = 7900
+
+// notify queues a notice on the store's channel; PostgreSQL delivers it
+// only when tx commits, so listeners never see uncommitted writes.
+func (s *Store) notify(ctx context.Context, tx pgx.Tx, n store.Notice) error {
+	b, err := json.Marshal(n)
+	if err != nil {
+		return fmt.Errorf("encode notice: %w", err)
+	}
+	if len(b) > maxNotifyPayload {
+		// An oversized run id cannot travel; an empty one wakes every
+		// subscriber, which re-reads and so still finds the write.
+		b, _ = json.Marshal(store.Notice{Kind: n.Kind, Seq: n.Seq})
+	}
+	if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, s.channel, string(b)); err != nil {
+		return fmt.Errorf("notify: %w", err)
+	}
+	return nil
+}
+
+// AppendEvent implements store.Store.
+func (s *Store) AppendEvent(ctx context.Context, in store.AppendInput) (store.Event, bool, error) {
+	var (
+		ev     store.Event
+		replay bool
+	)
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var err error
+		ev, replay, err = s.appendTx(ctx, tx, in)
+		return err
+	})
+	if err != nil {
+		return store.Event{}, false, fmt.Errorf("postgres: append %s to run %s: %w", strings.TrimSpace(in.EventType), in.RunID, err)
+	}
+	return ev, replay, nil
+}
+
+// appendTx performs one append inside tx, in the order the contract fixes:
+// idempotency replay, fence, expected seq, state machine, insert, run update.
+func (s *Store) appendTx(ctx context.Context, tx pgx.Tx, in store.AppendInput) (store.Event, bool, error) {
+	eventType := strings.TrimSpace(in.EventType)
+	if eventType == "" {
+		return store.Event{}, false, errors.New("event_type is required")
+	}
+	key := strings.TrimSpace(in.IdempotencyKey)
+	payload, err := runs.CanonicalizeRaw(in.Payload)
+	if err != nil {
+		return store.Event{}, false, fmt.Errorf("payload: %w", err)
+	}
+
+	// The row lock serializes appends of one run: seq = latest_seq+1 is
+	// then gap-free and head_hash is the true predecessor. NO KEY UPDATE
+	// leaves FK checks of concurrent frame and lease writes unblocked.
+	var (
+		status   string
+		latest   int64
+		headHash string
+	)
+	err = tx.QueryRow(ctx,
+		`SELECT status, latest_seq, head_hash FROM runs WHERE run_id = $1 FOR NO KEY UPDATE`,
+		in.RunID).Scan(&status, &latest, &headHash)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return store.Event{}, false, store.ErrNotFound
+	}
+	if err != nil {
+		return store.Event{}, false, fmt.Errorf("lock run: %w", err)
+	}
+
+	if key != "" {
+		prev, err := scanEvent(tx.QueryRow(ctx,
+			`SELECT `+eventCols+` FROM run_events WHERE run_id = $1 AND idempotency_key = $2`, in.RunID, key))
+		if err == nil {
+			return prev, true, nil
+		}
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return store.Event{}, false, fmt.Errorf("idempotency lookup: %w", err)
+		}
+	}
+
+	if in.Fence != nil {
+		if err := checkFence(ctx, tx, in.RunID, *in.Fence); err != nil {
+			return store.Event{}, false, err
+		}
+	}
+
+	if in.ExpectedPreviousSeq != nil && *in.ExpectedPreviousSeq != latest {
+		return store.Event{}, false, fmt.Errorf("%w: expected previous seq %d, latest is %d",
+			store.ErrSeqConflict, *in.ExpectedPreviousSeq, latest)
+	}
+
+	out, err := runs.Transition(status, eventType, payload)
+	if err != nil {
+		return store.Event{}, false, fmt.Errorf("%w: %v", store.ErrIllegalTransition, err)
+	}
+	if out.Idempotent {
+		prev, err := scanEvent(tx.QueryRow(ctx, `SELECT `+eventCols+` FROM run_events
+			WHERE run_id = $1 AND event_type = 'run.finished' ORDER BY seq DESC LIMIT 1`, in.RunID))
+		if errors.Is(err, pgx.ErrNoRows) {
+			return store.Event{}, false, fmt.Errorf("%w: run is %s but its run.finished was pruned", store.ErrNotFound, status)
+		}
+		if err != nil {
+			return store.Event{}, false, fmt.Errorf("read run.finished: %w", err)
+		}
+		return prev, true, nil
+	}
+
+	seq := latest + 1
+	hash := runs.EventHash(in.RunID, seq, eventType, payload, headHash)
+	var keyParam any
+	if key != "" {
+		keyParam = key
+	}
+	ev, err := scanEvent(tx.QueryRow(ctx, `
+		INSERT INTO run_events (run_id, seq, event_type, payload, prev_hash, event_hash,
+			idempotency_key, traceparent, tracestate, request_id)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+		RETURNING `+eventCols,
+		in.RunID, seq, eventType, string(payload), headHash, hash,
+		keyParam, in.Trace.TraceParent, in.Trace.TraceState, in.Trace.RequestID))
+	if err != nil {
+		return store.Event{}, false, fmt.Errorf("insert event: %w", err)
+	}
+
+	// Advancing the frame cursor is the executor's progress, which ends a
+	// streak of janitor reclaims.
+	_, err = tx.Exec(ctx, `
+		UPDATE runs SET
+			latest_seq = $2,
+			head_hash = $3,
+			status = $4,
+			terminal_reason_class = CASE WHEN $5 THEN $6 ELSE terminal_reason_class END,
+			terminal_reason       = CASE WHEN $5 THEN $7 ELSE terminal_reason END,
+			terminal_at           = CASE WHEN $5 THEN now() ELSE terminal_at END,
+			recovery_attempts     = CASE WHEN $8 > last_processed_frame_id THEN 0 ELSE recovery_attempts END,
+			last_processed_frame_id = GREATEST(last_processed_frame_id, $8),
+			updated_at = now()
+		WHERE run_id = $1`,
+		in.RunID, seq, hash, out.Status, out.Terminal, out.ReasonClass, out.Reason, in.ProcessedFrameID)
+	if err != nil {
+		return store.Event{}, false, fmt.Errorf("update run: %w", err)
+	}
+	if err := s.notify(ctx, tx, store.Notice{Kind: store.NoticeEvent, RunID: in.RunID, Seq: seq}); err != nil {
+		return store.Event{}, false, err
+	}
+	return ev, false, nil
+}
+
+// checkFence accepts the write only while (owner, generation) holds a live,
+// unreclaimed lease. FOR SHARE makes a concurrent steal or reclaim wait for
+// this append (or this append see the new generation), so a fenced write can
+// never commit after its lease was taken over.
+func checkFence(ctx context.Context, tx pgx.Tx, runID string, f store.Fence) error {
+	var (
+		state, owner string
+		gen          int64
+		live         bool
+	)
+	err := tx.QueryRow(ctx, `
+		SELECT state, owner, generation, COALESCE(expires_at > now(), false)
+		FROM run_leases WHERE run_id = $1 FOR SHARE`, runID).Scan(&state, &owner, &gen, &live)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("%w: run has no lease", store.ErrFenced)
+	}
+	if err != nil {
+		return fmt.Errorf("read lease: %w", err)
+	}
+	if state != leaseHeld || owner != f.Owner || gen != f.Generation || !live {
+		return fmt.Errorf("%w: fence %s/%d, lease is %s by %q generation %d (live=%t)",
+			store.ErrFenced, f.Owner, f.Generation, state, owner, gen, live)
+	}
+	return nil
+}
+
+// ListEvents implements store.Store. A limit <= 0 means no limit.
+func (s *Store) ListEvents(ctx context.Context, runID string, afterSeq int64, limit int) ([]store.Event, error) {
+	q := `SELECT ` + eventCols + ` FROM run_events WHERE run_id = $1 AND seq > $2 ORDER BY seq`
+	args := []any{runID, afterSeq}
+	if limit > 0 {
+		q += ` LIMIT $3`
+		args = append(args, limit)
+	}
+	rows, err := s.pool.Query(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: list events of %s: %w", runID, err)
+	}
+	evs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.Event, error) { return scanEvent(r) })
+	if err != nil {
+		return nil, fmt.Errorf("postgres: list events of %s: %w", runID, err)
+	}
+	if len(evs) == 0 {
+		if _, err := s.GetRun(ctx, runID); err != nil {
+			return nil, fmt.Errorf("postgres: list events: %w", err)
+		}
+	}
+	return evs, nil
+}
+
+// FindEventByType implements store.Store.
+func (s *Store) FindEventByType(ctx context.Context, runID, eventType string) (store.Event, error) {
+	ev, err := scanEvent(s.pool.QueryRow(ctx, `SELECT `+eventCols+` FROM run_events
+		WHERE run_id = $1 AND event_type = $2 ORDER BY seq DESC LIMIT 1`, runID, eventType))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return store.Event{}, fmt.Errorf("postgres: find %s event of %s: %w", eventType, runID, store.ErrNotFound)
+	}
+	if err != nil {
+		return store.Event{}, fmt.Errorf("postgres: find %s event of %s: %w", eventType, runID, err)
+	}
+	return ev, nil
+}
+
+// PruneEvents implements store.Store. The floor never moves backwards nor
+// past the run's latest seq; the chain head lives on the run row, so later
+// appends still link to the pruned predecessor.
+func (s *Store) PruneEvents(ctx context.Context, runID string, throughSeq int64) error {
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var floor int64
+		err := tx.QueryRow(ctx, `
+			UPDATE runs SET retention_floor_seq = GREATEST(retention_floor_seq, LEAST($2::bigint, latest_seq))
+			WHERE run_id = $1 RETURNING retention_floor_seq`, runID, throughSeq).Scan(&floor)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return store.ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `DELETE FROM run_events WHERE run_id = $1 AND seq <= $2`, runID, floor)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("postgres: prune events of %s through %d: %w", runID, throughSeq, err)
+	}
+	return nil
+}
+
+// formatTime renders timestamps in event payloads (UTC, RFC 3339).
+func formatTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }

@@ -1,0 +1,274 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/oaruntime/oaruntime/internal/runs"
+	"github.com/oaruntime/oaruntime/internal/store"
+)
+
+// Lease row states. "free": never leased; "held": a holder has it (live
+// until expires_at); "released": given up by its holder; "reclaimed": the
+// janitor took it from a holder whose lease expired.
+const (
+	leaseFree      = "free"
+	leaseHeld      = "held"
+	leaseReleased  = "released"
+	leaseReclaimed = "reclaimed"
+)
+
+const nonTerminal = `('created', 'running', 'canceling')`
+
+// defaultBatch bounds ClaimRunnable and ReclaimExpired when limit <= 0.
+const defaultBatch = 100
+
+func ttlMicros(ttl time.Duration) (int64, error) {
+	if ttl < time.Microsecond {
+		return 0, fmt.Errorf("lease ttl %v must be at least 1µs", ttl)
+	}
+	return ttl.Microseconds(), nil
+}
+
+// AcquireLease implements store.Store. The lease row is locked FOR UPDATE so
+// that concurrent acquirers decide one after the other.
+func (s *Store) AcquireLease(ctx context.Context, runID, owner string, ttl time.Duration) (store.LeaseGrant, error) {
+	us, err := ttlMicros(ttl)
+	if err != nil {
+		return store.LeaseGrant{}, fmt.Errorf("postgres: acquire lease of %s: %w", runID, err)
+	}
+	if owner == "" {
+		return store.LeaseGrant{}, fmt.Errorf("postgres: acquire lease of %s: owner is required", runID)
+	}
+	var grant store.LeaseGrant
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var (
+			state, holder string
+			gen           int64
+			live          bool
+		)
+		err := tx.QueryRow(ctx, `
+			SELECT state, owner, generation, COALESCE(expires_at > now(), false)
+			FROM run_leases WHERE run_id = $1 FOR UPDATE`, runID).Scan(&state, &holder, &gen, &live)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return store.ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		switch {
+		case state == leaseHeld && holder == owner:
+			// Re-acquiring one's own lease keeps the generation: nobody else
+			// held it in between, so the holder's writes stay valid.
+			grant.Result = store.LeaseRenewed
+		case state == leaseHeld && live:
+			return fmt.Errorf("%w: held by %q until it expires", store.ErrLeaseHeld, holder)
+		case state == leaseHeld:
+			grant.Result, gen = store.LeaseStolen, gen+1
+		default:
+			grant.Result, gen = store.LeaseAcquired, gen+1
+		}
+		var exp time.Time
+		err = tx.QueryRow(ctx, `
+			UPDATE run_leases SET state = 'held', owner = $2, generation = $3,
+				expires_at = now() + $4 * interval '1 microsecond', heartbeat_at = now(),
+				acquired_at = CASE WHEN $5 THEN acquired_at ELSE now() END
+			WHERE run_id = $1 RETURNING expires_at`,
+			runID, owner, gen, us, grant.Result == store.LeaseRenewed).Scan(&exp)
+		if err != nil {
+			return err
+		}
+		grant.Lease = store.Lease{RunID: runID, Owner: owner, Generation: gen, ExpiresAt: exp.UTC()}
+		return nil
+	})
+	if err != nil {
+		return store.LeaseGrant{}, fmt.Errorf("postgres: acquire lease of %s for %s: %w", runID, owner, err)
+	}
+	return grant, nil
+}
+
+// RenewLease implements store.Store. Only a live lease can be renewed: once
+// it expired the janitor may already be reclaiming it, and a holder that
+// overslept its TTL must stop rather than race the janitor.
+func (s *Store) RenewLease(ctx context.Context, l store.Lease, ttl time.Duration) (store.Lease, error) {
+	us, err := ttlMicros(ttl)
+	if err != nil {
+		return store.Lease{}, fmt.Errorf("postgres: renew lease of %s: %w", l.RunID, err)
+	}
+	var exp time.Time
+	err = s.pool.QueryRow(ctx, `
+		UPDATE run_leases SET expires_at = now() + $4 * interval '1 microsecond', heartbeat_at = now()
+		WHERE run_id = $1 AND owner = $2 AND generation = $3 AND state = 'held' AND expires_at > now()
+		RETURNING expires_at`, l.RunID, l.Owner, l.Generation, us).Scan(&exp)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return store.Lease{}, fmt.Errorf("postgres: renew lease of %s for %s/%d: %w", l.RunID, l.Owner, l.Generation, store.ErrFenced)
+	}
+	if err != nil {
+		return store.Lease{}, fmt.Errorf("postgres: renew lease of %s: %w", l.RunID, err)
+	}
+	l.ExpiresAt = exp.UTC()
+	return l, nil
+}
+
+// ReleaseLease implements store.Store.
+func (s *Store) ReleaseLease(ctx context.Context, l store.Lease) error {
+	_, err := s.pool.Exec(ctx, `
+		UPDATE run_leases SET state = 'released', expires_at = now()
+		WHERE run_id = $1 AND owner = $2 AND generation = $3 AND state = 'held'`,
+		l.RunID, l.Owner, l.Generation)
+	if err != nil {
+		return fmt.Errorf("postgres: release lease of %s: %w", l.RunID, err)
+	}
+	return nil
+}
+
+// ClaimRunnable implements store.Store. The candidate lease rows are locked
+// FOR UPDATE SKIP LOCKED, so replicas claiming at the same time take
+// disjoint runs instead of queueing behind each other.
+func (s *Store) ClaimRunnable(ctx context.Context, owner string, ttl time.Duration, limit int) ([]store.LeaseGrant, error) {
+	us, err := ttlMicros(ttl)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: claim runnable: %w", err)
+	}
+	if owner == "" {
+		return nil, errors.New("postgres: claim runnable: owner is required")
+	}
+	if limit <= 0 {
+		limit = defaultBatch
+	}
+	rows, err := s.pool.Query(ctx, `
+		WITH cand AS (
+			SELECT l.run_id
+			FROM run_leases l JOIN runs r ON r.run_id = l.run_id
+			WHERE l.state <> 'held'
+			  AND r.status IN `+nonTerminal+`
+			  AND (r.status = 'canceling' OR EXISTS (
+			      SELECT 1 FROM frames f WHERE f.run_id = r.run_id AND f.id > r.last_processed_frame_id))
+			ORDER BY r.updated_at, r.run_id
+			LIMIT $2
+			FOR UPDATE OF l SKIP LOCKED
+		)
+		UPDATE run_leases l SET state = 'held', owner = $1, generation = l.generation + 1,
+			expires_at = now() + $3 * interval '1 microsecond', heartbeat_at = now(), acquired_at = now()
+		FROM cand WHERE l.run_id = cand.run_id
+		RETURNING l.run_id, l.owner, l.generation, l.expires_at`, owner, limit, us)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: claim runnable for %s: %w", owner, err)
+	}
+	grants, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.LeaseGrant, error) {
+		var g store.LeaseGrant
+		err := r.Scan(&g.Lease.RunID, &g.Lease.Owner, &g.Lease.Generation, &g.Lease.ExpiresAt)
+		g.Lease.ExpiresAt = g.Lease.ExpiresAt.UTC()
+		g.Result = store.LeaseAcquired
+		return g, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("postgres: claim runnable for %s: %w", owner, err)
+	}
+	return grants, nil
+}
+
+// ReclaimExpired implements store.Store. Each run is reclaimed in its own
+// transaction that re-checks the expiry under FOR UPDATE SKIP LOCKED, so
+// janitors of several replicas never reclaim one expiry twice and never wait
+// on each other or on a busy run.
+func (s *Store) ReclaimExpired(ctx context.Context, now time.Time, maxAttempts, limit int) ([]store.Reclaim, error) {
+	if limit <= 0 {
+		limit = defaultBatch
+	}
+	rows, err := s.pool.Query(ctx, `
+		SELECT l.run_id FROM run_leases l JOIN runs r ON r.run_id = l.run_id
+		WHERE l.state = 'held' AND l.expires_at < $1 AND r.status IN `+nonTerminal+`
+		ORDER BY l.expires_at LIMIT $2`, now, limit)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: reclaim expired: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("postgres: reclaim expired: %w", err)
+	}
+	var out []store.Reclaim
+	for _, id := range ids {
+		var (
+			rec store.Reclaim
+			ok  bool
+		)
+		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			var err error
+			rec, ok, err = s.reclaimTx(ctx, tx, id, now, maxAttempts)
+			return err
+		})
+		if err != nil {
+			return out, fmt.Errorf("postgres: reclaim run %s: %w", id, err)
+		}
+		if ok {
+			out = append(out, rec)
+		}
+	}
+	return out, nil
+}
+
+func (s *Store) reclaimTx(ctx context.Context, tx pgx.Tx, runID string, now time.Time, maxAttempts int) (store.Reclaim, bool, error) {
+	var (
+		owner    string
+		gen      int64
+		expires  time.Time
+		attempts int
+	)
+	err := tx.QueryRow(ctx, `
+		SELECT l.owner, l.generation, l.expires_at, r.recovery_attempts
+		FROM runs r JOIN run_leases l ON l.run_id = r.run_id
+		WHERE r.run_id = $1 AND l.state = 'held' AND l.expires_at < $2 AND r.status IN `+nonTerminal+`
+		FOR UPDATE OF r, l SKIP LOCKED`, runID, now).Scan(&owner, &gen, &expires, &attempts)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return store.Reclaim{}, false, nil // taken by another janitor, renewed, or finished meanwhile
+	}
+	if err != nil {
+		return store.Reclaim{}, false, fmt.Errorf("lock expired lease: %w", err)
+	}
+	attempts++
+	lost, err := runs.Canonical(map[string]any{
+		"lease_owner":      owner,
+		"lease_generation": gen,
+		"lease_expires_at": formatTime(expires),
+		"detected_at":      formatTime(now),
+		"attempt":          attempts,
+	})
+	if err != nil {
+		return store.Reclaim{}, false, err
+	}
+	if _, _, err := s.appendTx(ctx, tx, store.AppendInput{
+		RunID: runID, EventType: "run.executor_lost", Payload: lost,
+	}); err != nil {
+		return store.Reclaim{}, false, fmt.Errorf("append run.executor_lost: %w", err)
+	}
+	rec := store.Reclaim{RunID: runID, Owner: owner, Attempts: attempts, Outcome: store.ReclaimResumed}
+	if attempts > maxAttempts {
+		fin, err := runs.Canonical(map[string]any{
+			"status":       store.StatusFailed,
+			"reason_class": "executor_recovery_exhausted",
+			"reason":       fmt.Sprintf("janitor recovery attempts exceeded (%d reclaims without progress)", attempts),
+		})
+		if err != nil {
+			return store.Reclaim{}, false, err
+		}
+		if _, _, err := s.appendTx(ctx, tx, store.AppendInput{
+			RunID: runID, EventType: "run.finished", Payload: fin,
+		}); err != nil {
+			return store.Reclaim{}, false, fmt.Errorf("append run.finished: %w", err)
+		}
+		rec.Outcome = store.ReclaimExhausted
+	}
+	if _, err := tx.Exec(ctx, `UPDATE runs SET recovery_attempts = $2, last_recovery_at = $3 WHERE run_id = $1`,
+		runID, attempts, now); err != nil {
+		return store.Reclaim{}, false, fmt.Errorf("count recovery: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `UPDATE run_leases SET state = 'reclaimed' WHERE run_id = $1`, runID); err != nil {
+		return store.Reclaim{}, false, fmt.Errorf("mark lease reclaimed: %w", err)
+	}
+	return rec, true, nil
+}

@@ -1,0 +1,238 @@
+package postgres
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/oaruntime/oaruntime/internal/runs"
+	"github.com/oaruntime/oaruntime/internal/store"
+)
+
+const runCols = `run_id, thread_id, owner_sub, status, latest_seq,
+	provider, tools, authorization_doc, output_schema, metadata,
+	terminal_reason_class, terminal_reason, terminal_at,
+	last_processed_frame_id, retention_floor_seq, recovery_attempts, last_recovery_at,
+	created_at, updated_at`
+
+func scanRun(row pgx.Row) (store.Run, error) {
+	var (
+		r                                store.Run
+		prov, tools, authz, schema, meta []byte
+		terminalAt, lastRecovery         *time.Time
+	)
+	err := row.Scan(&r.RunID, &r.ThreadID, &r.OwnerSub, &r.Status, &r.LatestSeq,
+		&prov, &tools, &authz, &schema, &meta,
+		&r.TerminalReasonClass, &r.TerminalReason, &terminalAt,
+		&r.LastProcessedFrameID, &r.RetentionFloorSeq, &r.RecoveryAttempts, &lastRecovery,
+		&r.CreatedAt, &r.UpdatedAt)
+	if err != nil {
+		return store.Run{}, err
+	}
+	r.Provider, r.Tools, r.Authorization = rawOrNil(prov), rawOrNil(tools), rawOrNil(authz)
+	r.OutputSchema, r.Metadata = rawOrNil(schema), rawOrNil(meta)
+	r.TerminalAt, r.LastRecoveryAt = utcPtr(terminalAt), utcPtr(lastRecovery)
+	r.CreatedAt, r.UpdatedAt = r.CreatedAt.UTC(), r.UpdatedAt.UTC()
+	return r, nil
+}
+
+func rawOrNil(b []byte) json.RawMessage {
+	if len(b) == 0 {
+		return nil
+	}
+	return json.RawMessage(b)
+}
+
+func utcPtr(t *time.Time) *time.Time {
+	if t == nil {
+		return nil
+	}
+	u := t.UTC()
+	return &u
+}
+
+// canonicalDoc canonicalizes an optional JSON document; empty stays empty
+// (stored as NULL) so that "absent" and "absent" compare equal.
+func canonicalDoc(field string, raw json.RawMessage) ([]byte, error) {
+	if len(bytes.TrimSpace(raw)) == 0 {
+		return nil, nil
+	}
+	c, err := runs.CanonicalizeRaw(raw)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: %s: %w", field, err)
+	}
+	return c, nil
+}
+
+// jsonParam passes a JSON document as a json parameter, nil as SQL NULL.
+func jsonParam(b []byte) any {
+	if b == nil {
+		return nil
+	}
+	return string(b)
+}
+
+// CreateRun implements store.Store.
+func (s *Store) CreateRun(ctx context.Context, in store.CreateRunInput) (store.Run, bool, error) {
+	if in.RunID == "" {
+		return store.Run{}, false, errors.New("postgres: create run: run_id is required")
+	}
+	docs := make([][]byte, 5)
+	for i, d := range []struct {
+		name string
+		raw  json.RawMessage
+	}{
+		{"provider", in.Provider}, {"tools", in.Tools}, {"authorization", in.Authorization},
+		{"output_schema", in.OutputSchema}, {"metadata", in.Metadata},
+	} {
+		c, err := canonicalDoc(d.name, d.raw)
+		if err != nil {
+			return store.Run{}, false, err
+		}
+		docs[i] = c
+	}
+
+	var (
+		run     store.Run
+		created bool
+	)
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		r, err := scanRun(tx.QueryRow(ctx, `
+			INSERT INTO runs (run_id, thread_id, owner_sub, provider, tools, authorization_doc, output_schema, metadata)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+			ON CONFLICT (run_id) DO NOTHING
+			RETURNING `+runCols,
+			in.RunID, in.ThreadID, in.OwnerSub,
+			jsonParam(docs[0]), jsonParam(docs[1]), jsonParam(docs[2]), jsonParam(docs[3]), jsonParam(docs[4])))
+		if err == nil {
+			if _, err := tx.Exec(ctx, `INSERT INTO run_leases (run_id) VALUES ($1)`, in.RunID); err != nil {
+				return fmt.Errorf("create lease row: %w", err)
+			}
+			run, created = r, true
+			return nil
+		}
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
+		existing, err := scanRun(tx.QueryRow(ctx, `SELECT `+runCols+` FROM runs WHERE run_id = $1`, in.RunID))
+		if err != nil {
+			return err
+		}
+		same := existing.ThreadID == in.ThreadID && existing.OwnerSub == in.OwnerSub &&
+			bytes.Equal(existing.Provider, docs[0]) && bytes.Equal(existing.Tools, docs[1]) &&
+			bytes.Equal(existing.Authorization, docs[2]) && bytes.Equal(existing.OutputSchema, docs[3]) &&
+			bytes.Equal(existing.Metadata, docs[4])
+		if !same {
+			return fmt.Errorf("%w: run %s exists with different fields", store.ErrConflict, in.RunID)
+		}
+		run = existing
+		return nil
+	})
+	if err != nil {
+		return store.Run{}, false, fmt.Errorf("postgres: create run %s: %w", in.RunID, err)
+	}
+	return run, created, nil
+}
+
+// GetRun implements store.Store.
+func (s *Store) GetRun(ctx context.Context, runID string) (store.Run, error) {
+	r, err := scanRun(s.pool.QueryRow(ctx, `SELECT `+runCols+` FROM runs WHERE run_id = $1`, runID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return store.Run{}, fmt.Errorf("postgres: get run %s: %w", runID, store.ErrNotFound)
+	}
+	if err != nil {
+		return store.Run{}, fmt.Errorf("postgres: get run %s: %w", runID, err)
+	}
+	return r, nil
+}
+
+const frameCols = `id, run_id, frame_id, frame_type, payload, payload_hash,
+	traceparent, tracestate, request_id, created_at`
+
+func scanFrame(row pgx.Row) (store.Frame, error) {
+	var f store.Frame
+	var payload []byte
+	err := row.Scan(&f.ID, &f.RunID, &f.FrameID, &f.Type, &payload, &f.PayloadHash,
+		&f.Trace.TraceParent, &f.Trace.TraceState, &f.Trace.RequestID, &f.CreatedAt)
+	if err != nil {
+		return store.Frame{}, err
+	}
+	f.Payload = json.RawMessage(payload)
+	f.CreatedAt = f.CreatedAt.UTC()
+	return f, nil
+}
+
+// InsertFrame implements store.Store. The run row is locked first so that
+// frames of one run get ids in commit order: an executor that has processed
+// frame N never later finds a committed frame of that run with an id below N.
+func (s *Store) InsertFrame(ctx context.Context, in store.InsertFrameInput) (store.Frame, bool, error) {
+	if in.FrameID == "" {
+		return store.Frame{}, false, errors.New("postgres: insert frame: frame_id is required")
+	}
+	payload, err := runs.CanonicalizeRaw(in.Payload)
+	if err != nil {
+		return store.Frame{}, false, fmt.Errorf("postgres: insert frame %s/%s: payload: %w", in.RunID, in.FrameID, err)
+	}
+	hash := runs.PayloadHash(payload)
+
+	var (
+		frame    store.Frame
+		inserted bool
+	)
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var one int
+		err := tx.QueryRow(ctx, `SELECT 1 FROM runs WHERE run_id = $1 FOR NO KEY UPDATE`, in.RunID).Scan(&one)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return store.ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		f, err := scanFrame(tx.QueryRow(ctx, `
+			INSERT INTO frames (run_id, frame_id, frame_type, payload, payload_hash, traceparent, tracestate, request_id)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+			ON CONFLICT (run_id, frame_id) DO NOTHING
+			RETURNING `+frameCols,
+			in.RunID, in.FrameID, in.Type, string(payload), hash,
+			in.Trace.TraceParent, in.Trace.TraceState, in.Trace.RequestID))
+		if err == nil {
+			frame, inserted = f, true
+			return s.notify(ctx, tx, store.Notice{Kind: store.NoticeFrame, RunID: in.RunID})
+		}
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
+		existing, err := scanFrame(tx.QueryRow(ctx,
+			`SELECT `+frameCols+` FROM frames WHERE run_id = $1 AND frame_id = $2`, in.RunID, in.FrameID))
+		if err != nil {
+			return err
+		}
+		if existing.Type != in.Type || existing.PayloadHash != hash {
+			return fmt.Errorf("%w: frame_id already used with another type or payload", store.ErrConflict)
+		}
+		frame = existing
+		return nil
+	})
+	if err != nil {
+		return store.Frame{}, false, fmt.Errorf("postgres: insert frame %s/%s: %w", in.RunID, in.FrameID, err)
+	}
+	return frame, inserted, nil
+}
+
+// NextFrame implements store.Store.
+func (s *Store) NextFrame(ctx context.Context, runID string, afterID int64) (store.Frame, error) {
+	f, err := scanFrame(s.pool.QueryRow(ctx,
+		`SELECT `+frameCols+` FROM frames WHERE run_id = $1 AND id > $2 ORDER BY id LIMIT 1`, runID, afterID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return store.Frame{}, fmt.Errorf("postgres: next frame of %s after %d: %w", runID, afterID, store.ErrNotFound)
+	}
+	if err != nil {
+		return store.Frame{}, fmt.Errorf("postgres: next frame of %s after %d: %w", runID, afterID, err)
+	}
+	return f, nil
+}
