@@ -40,7 +40,8 @@ const (
 	SyncAuth        = "openagents_runtime_sync_auth_total"
 	SyncStaleCursor = "openagents_runtime_sync_stale_cursor_total"
 
-	BuildInfo           = "openagents_runtime_build_info"
+	// BuildInfoMetric is named so because BuildInfo is the type NewMetrics takes.
+	BuildInfoMetric     = "openagents_runtime_build_info"
 	DBUp                = "openagents_runtime_db_up"
 	NotifyListenerUp    = "openagents_runtime_notify_listener_up"
 	KhalaSinkUp         = "openagents_runtime_khala_sink_up"
