@@ -354,7 +354,9 @@ func TestUnknownValuesBecomeOtherAndOverflow(t *testing.T) {
 		{"mint result", KhalaTokenMint, LabelResult, func(m *Metrics) { m.TokenMint(bad, "none") }},
 		{"mint class", KhalaTokenMint, LabelFailureClass, func(m *Metrics) { m.TokenMint("error", bad) }},
 		{"parity class", ParityFailures, LabelClass, func(m *Metrics) { m.ParityFailure(bad, "loop_detected", "executor") }},
-		{"parity reason", ParityFailures, LabelReasonClass, func(m *Metrics) { m.ParityFailure(ParityWorkflow, "workflow.step_failed.unsupported_strategy:abc", "workflow") }},
+		{"parity reason", ParityFailures, LabelReasonClass, func(m *Metrics) {
+			m.ParityFailure(ParityWorkflow, "workflow.step_failed.unsupported_strategy:abc", "workflow")
+		}},
 		{"parity component", ParityFailures, LabelComponent, func(m *Metrics) { m.ParityFailure(ParityLoop, "loop_detected", bad) }},
 		{"sync auth result", SyncAuth, LabelResult, func(m *Metrics) { m.SyncAuth(bad, "authorized") }},
 		{"sync auth reason", SyncAuth, LabelReasonClass, func(m *Metrics) { m.SyncAuth("error", bad) }},
