@@ -60,12 +60,14 @@ type wireClaims struct {
 // The jwt.Claims methods exist only to satisfy the library's interface: the
 // library's own claim validation is disabled and Verifier checks the claims.
 
-func (c *wireClaims) GetExpirationTime() (*jwt.NumericDate, error) { return numericDate(c.ExpiresAt), nil }
-func (c *wireClaims) GetIssuedAt() (*jwt.NumericDate, error)       { return numericDate(c.IssuedAt), nil }
-func (c *wireClaims) GetNotBefore() (*jwt.NumericDate, error)      { return numericDate(c.NotBefore), nil }
-func (c *wireClaims) GetIssuer() (string, error)                   { return c.Issuer, nil }
-func (c *wireClaims) GetSubject() (string, error)                  { return c.Subject, nil }
-func (c *wireClaims) GetAudience() (jwt.ClaimStrings, error)       { return c.Audience, nil }
+func (c *wireClaims) GetExpirationTime() (*jwt.NumericDate, error) {
+	return numericDate(c.ExpiresAt), nil
+}
+func (c *wireClaims) GetIssuedAt() (*jwt.NumericDate, error)  { return numericDate(c.IssuedAt), nil }
+func (c *wireClaims) GetNotBefore() (*jwt.NumericDate, error) { return numericDate(c.NotBefore), nil }
+func (c *wireClaims) GetIssuer() (string, error)              { return c.Issuer, nil }
+func (c *wireClaims) GetSubject() (string, error)             { return c.Subject, nil }
+func (c *wireClaims) GetAudience() (jwt.ClaimStrings, error)  { return c.Audience, nil }
 
 func numericDate(sec *int64) *jwt.NumericDate {
 	if sec == nil {

@@ -33,9 +33,9 @@ const (
 
 // Sentinels wrapped by MintError, one per HTTP outcome.
 var (
-	ErrInvalidRequest = errors.New("invalid sync token request")       // 400
-	ErrForbidden      = errors.New("sync token request forbidden")     // 403
-	ErrSigning        = errors.New("sync token signing failed")        // 503
+	ErrInvalidRequest = errors.New("invalid sync token request")        // 400
+	ErrForbidden      = errors.New("sync token request forbidden")      // 403
+	ErrSigning        = errors.New("sync token signing failed")         // 503
 	ErrUpstream       = errors.New("sync token dependency unavailable") // 503
 )
 
@@ -213,7 +213,7 @@ func validSubject(sub string) bool {
 // Mint validates req and signs a token. Every error is a *MintError.
 func (m *Minter) Mint(ctx context.Context, req MintRequest) (*Minted, error) {
 	if !validSubject(req.Subject) {
-		return nil, forbidden("sub", "principal must be user:<id> or guest:<scope>")
+		return nil, forbidden("sub", "sub (the principal) must be user:<id> or guest:<scope>")
 	}
 	ttl := DefaultTTL
 	if req.TTLSeconds != nil {
@@ -316,7 +316,7 @@ func (m *Minter) resolveScopes(sub string, requested []string) ([]string, *MintE
 	if isGuest(sub) {
 		for _, s := range out {
 			if s != TopicRunSummaries {
-				return nil, forbidden("scopes", fmt.Sprintf("guest principals may only request %s, not %s", TopicRunSummaries, s))
+				return nil, forbidden("scopes", fmt.Sprintf("scopes: guest principals may only request %s, not %s", TopicRunSummaries, s))
 			}
 		}
 	}
