@@ -132,3 +132,13 @@ func metadataHost(host string) bool {
 	}
 	return false
 }
+
+// Reasons lists every block reason this package can return, so metric label sets can be
+// derived from the source of truth instead of copied.
+func Reasons() []string {
+	return []string{
+		ReasonInvalidURL, ReasonSchemeNotAllowed, ReasonLoopback, ReasonPrivate, ReasonLinkLocal,
+		ReasonCGNAT, ReasonMetadata, ReasonUnspecified, ReasonMulticast, ReasonReserved,
+		ReasonHostNotAllowed, ReasonTooManyRedirects, ReasonDNSFailure,
+	}
+}

@@ -591,3 +591,21 @@ func TestDefaultDialerControlRefusesBlockedAddress(t *testing.T) {
 		t.Fatalf("public address refused: %v", err)
 	}
 }
+
+// Every reason a rule or check can produce must be listed by Reasons.
+func TestReasonsCoverRules(t *testing.T) {
+	listed := map[string]bool{}
+	for _, r := range Reasons() {
+		listed[r] = true
+	}
+	for _, rule := range blockRules() {
+		if !listed[rule.reason] {
+			t.Errorf("rule reason %s missing from Reasons()", rule.reason)
+		}
+	}
+	for _, r := range []string{ReasonSchemeNotAllowed, ReasonHostNotAllowed, ReasonTooManyRedirects, ReasonDNSFailure, ReasonInvalidURL} {
+		if !listed[r] {
+			t.Errorf("%s missing from Reasons()", r)
+		}
+	}
+}
