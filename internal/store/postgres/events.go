@@ -123,18 +123,18 @@ func (s *Store) appendTx(ctx context.Context, tx pgx.Tx, in store.AppendInput) (
 
 	out, err := runs.Transition(status, eventType, payload)
 	if err != nil {
-		return store.Event{}, false, fmt.Errorf("%w: %v", store.ErrIllegalTransition, err)
+		return store.Event{}, false, transitionError{err}
 	}
 	if out.Idempotent {
 		prev, err := scanEvent(tx.QueryRow(ctx, `SELECT `+eventCols+` FROM run_events
 			WHERE run_id = $1 AND event_type = 'run.finished' ORDER BY seq DESC LIMIT 1`, in.RunID))
-		if errors.Is(err, pgx.ErrNoRows) {
-			return store.Event{}, false, fmt.Errorf("%w: run is %s but its run.finished was pruned", store.ErrNotFound, status)
+		if err == nil {
+			return prev, true, nil
 		}
-		if err != nil {
+		if !errors.Is(err, pgx.ErrNoRows) {
 			return store.Event{}, false, fmt.Errorf("read run.finished: %w", err)
 		}
-		return prev, true, nil
+		// The original was pruned: nothing to replay, so record the repeat.
 	}
 
 	seq := latest + 1
@@ -168,7 +168,7 @@ func (s *Store) appendTx(ctx context.Context, tx pgx.Tx, in store.AppendInput) (
 			last_processed_frame_id = GREATEST(last_processed_frame_id, $8),
 			updated_at = now()
 		WHERE run_id = $1`,
-		in.RunID, seq, hash, out.Status, out.Terminal, out.ReasonClass, out.Reason, in.ProcessedFrameID)
+		in.RunID, seq, hash, out.Status, out.Terminal && !out.Idempotent, out.ReasonClass, out.Reason, in.ProcessedFrameID)
 	if err != nil {
 		return store.Event{}, false, fmt.Errorf("update run: %w", err)
 	}
@@ -177,6 +177,14 @@ func (s *Store) appendTx(ctx context.Context, tx pgx.Tx, in store.AppendInput) (
 	}
 	return ev, false, nil
 }
+
+// transitionError keeps the state machine's message and matches both
+// store.ErrIllegalTransition and runs.ErrIllegalTransition.
+type transitionError struct{ err error }
+
+func (e transitionError) Error() string        { return e.err.Error() }
+func (e transitionError) Unwrap() error        { return e.err }
+func (e transitionError) Is(target error) bool { return target == store.ErrIllegalTransition }
 
 // checkFence accepts the write only while (owner, generation) holds a live,
 // unreclaimed lease. FOR SHARE makes a concurrent steal or reclaim wait for
@@ -204,15 +212,16 @@ func checkFence(ctx context.Context, tx pgx.Tx, runID string, f store.Fence) err
 	return nil
 }
 
-// ListEvents implements store.Store. A limit <= 0 means no limit.
+// defaultListLimit applies when ListEvents gets limit <= 0.
+const defaultListLimit = 100
+
+// ListEvents implements store.Store. A limit <= 0 means 100.
 func (s *Store) ListEvents(ctx context.Context, runID string, afterSeq int64, limit int) ([]store.Event, error) {
-	q := `SELECT ` + eventCols + ` FROM run_events WHERE run_id = $1 AND seq > $2 ORDER BY seq`
-	args := []any{runID, afterSeq}
-	if limit > 0 {
-		q += ` LIMIT $3`
-		args = append(args, limit)
+	if limit <= 0 {
+		limit = defaultListLimit
 	}
-	rows, err := s.pool.Query(ctx, q, args...)
+	rows, err := s.pool.Query(ctx, `SELECT `+eventCols+` FROM run_events
+		WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3`, runID, afterSeq, limit)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: list events of %s: %w", runID, err)
 	}

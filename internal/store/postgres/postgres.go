@@ -56,7 +56,11 @@ type config struct {
 	logger     *slog.Logger
 	backoffMin time.Duration
 	backoffMax time.Duration
+	migrate    bool
 }
+
+// WithMigrate applies pending migrations during Open (what serve does).
+func WithMigrate() Option { return func(c *config) { c.migrate = true } }
 
 // WithSchema selects the schema holding all tables. It takes precedence over
 // the URL's "schema" parameter. Names must match ^[a-z_][a-z0-9_]{0,47}$.
@@ -165,7 +169,7 @@ func Open(ctx context.Context, rawURL string, opts ...Option) (*Store, error) {
 		pool.Close()
 		return nil, fmt.Errorf("postgres: migration provider: %w", err)
 	}
-	return &Store{
+	s := &Store{
 		pool:         pool,
 		db:           db,
 		goose:        prov,
@@ -174,7 +178,14 @@ func Open(ctx context.Context, rawURL string, opts ...Option) (*Store, error) {
 		cfg:          cfg,
 		listenConfig: listenCfg,
 		done:         make(chan struct{}),
-	}, nil
+	}
+	if cfg.migrate {
+		if err := s.Migrate(ctx); err != nil {
+			_ = s.Close()
+			return nil, err
+		}
+	}
+	return s, nil
 }
 
 // splitSchemaParam removes the schema parameter from a URL-form connection
@@ -253,15 +264,14 @@ func (s *Store) ensureSchema(ctx context.Context) error {
 
 // Migrate applies pending migrations, creating the schema first when needed.
 // Concurrent callers (replicas starting together) serialize on an advisory lock.
-func (s *Store) Migrate(ctx context.Context) ([]*goose.MigrationResult, error) {
+func (s *Store) Migrate(ctx context.Context) error {
 	if err := s.ensureSchema(ctx); err != nil {
-		return nil, err
+		return err
 	}
-	res, err := s.goose.Up(ctx)
-	if err != nil {
-		return res, fmt.Errorf("postgres: migrate schema %s: %w", s.schema, err)
+	if _, err := s.goose.Up(ctx); err != nil {
+		return fmt.Errorf("postgres: migrate schema %s: %w", s.schema, err)
 	}
-	return res, nil
+	return nil
 }
 
 // MigrationStatus lists every embedded migration with its applied state.

@@ -56,10 +56,11 @@ func utcPtr(t *time.Time) *time.Time {
 	return &u
 }
 
-// canonicalDoc canonicalizes an optional JSON document; empty stays empty
-// (stored as NULL) so that "absent" and "absent" compare equal.
+// canonicalDoc canonicalizes an optional JSON document; absent and JSON null
+// are both stored as SQL NULL so that they compare equal on a create replay.
 func canonicalDoc(field string, raw json.RawMessage) ([]byte, error) {
-	if len(bytes.TrimSpace(raw)) == 0 {
+	t := bytes.TrimSpace(raw)
+	if len(t) == 0 || bytes.Equal(t, []byte("null")) {
 		return nil, nil
 	}
 	c, err := runs.CanonicalizeRaw(raw)
@@ -81,6 +82,9 @@ func jsonParam(b []byte) any {
 func (s *Store) CreateRun(ctx context.Context, in store.CreateRunInput) (store.Run, bool, error) {
 	if in.RunID == "" {
 		return store.Run{}, false, errors.New("postgres: create run: run_id is required")
+	}
+	if in.OwnerSub == "" {
+		return store.Run{}, false, errors.New("postgres: create run: owner is required")
 	}
 	docs := make([][]byte, 5)
 	for i, d := range []struct {
@@ -173,6 +177,9 @@ func scanFrame(row pgx.Row) (store.Frame, error) {
 func (s *Store) InsertFrame(ctx context.Context, in store.InsertFrameInput) (store.Frame, bool, error) {
 	if in.FrameID == "" {
 		return store.Frame{}, false, errors.New("postgres: insert frame: frame_id is required")
+	}
+	if in.Type == "" {
+		return store.Frame{}, false, errors.New("postgres: insert frame: type is required")
 	}
 	payload, err := runs.CanonicalizeRaw(in.Payload)
 	if err != nil {
