@@ -13,12 +13,12 @@ import (
 func TestNewKeyring(t *testing.T) {
 	short := strings.Repeat("s", MinKeyBytes-1)
 	tests := []struct {
-		name      string
-		cfg       KeyConfig
-		wantErr   []string // substrings of the error; nil means success
-		wantKID   string
-		wantIDs   []string
-		canSign   bool
+		name    string
+		cfg     KeyConfig
+		wantErr []string // substrings of the error; nil means success
+		wantKID string
+		wantIDs []string
+		canSign bool
 	}{
 		{name: "empty config is an empty keyring", cfg: KeyConfig{}, wantIDs: nil},
 		{name: "current only", cfg: KeyConfig{KeyID: "k1", SigningKey: secretOne},

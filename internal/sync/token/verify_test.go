@@ -126,8 +126,8 @@ func TestVerifyRejects(t *testing.T) {
 
 		// Time.
 		{"expired", hs256(with(func(c jwt.MapClaims) { c["iat"], c["nbf"], c["exp"] = now-600, now-600, now-300 })), ReasonExpired},
-		{"expired exactly at leeway", hs256(with(func(c jwt.MapClaims) { c["iat"], c["nbf"], c["exp"] = now-300, now-300, now - leeway })), ReasonExpired},
-		{"expired within leeway", hs256(with(func(c jwt.MapClaims) { c["iat"], c["nbf"], c["exp"] = now-300, now-300, now - leeway + 1 })), ""},
+		{"expired exactly at leeway", hs256(with(func(c jwt.MapClaims) { c["iat"], c["nbf"], c["exp"] = now-300, now-300, now-leeway })), ReasonExpired},
+		{"expired within leeway", hs256(with(func(c jwt.MapClaims) { c["iat"], c["nbf"], c["exp"] = now-300, now-300, now-leeway+1 })), ""},
 		{"issued 600s ago with 300s ttl (chaos drill)", hs256(with(func(c jwt.MapClaims) { c["iat"], c["nbf"], c["exp"] = now-600, now-600, now-300 })), ReasonExpired},
 		{"nbf in the future", hs256(with(func(c jwt.MapClaims) { c["nbf"] = now + 60 })), ReasonNotYetValid},
 		{"nbf in the future within leeway", hs256(with(func(c jwt.MapClaims) { c["nbf"] = now + leeway })), ""},
