@@ -154,8 +154,6 @@ func (s *Store) appendTx(ctx context.Context, tx pgx.Tx, in store.AppendInput) (
 		return store.Event{}, false, fmt.Errorf("insert event: %w", err)
 	}
 
-	// Advancing the frame cursor is the executor's progress, which ends a
-	// streak of janitor reclaims.
 	_, err = tx.Exec(ctx, `
 		UPDATE runs SET
 			latest_seq = $2,
@@ -164,13 +162,19 @@ func (s *Store) appendTx(ctx context.Context, tx pgx.Tx, in store.AppendInput) (
 			terminal_reason_class = CASE WHEN $5 THEN $6 ELSE terminal_reason_class END,
 			terminal_reason       = CASE WHEN $5 THEN $7 ELSE terminal_reason END,
 			terminal_at           = CASE WHEN $5 THEN now() ELSE terminal_at END,
-			recovery_attempts     = CASE WHEN $8 > last_processed_frame_id THEN 0 ELSE recovery_attempts END,
 			last_processed_frame_id = GREATEST(last_processed_frame_id, $8),
 			updated_at = now()
 		WHERE run_id = $1`,
 		in.RunID, seq, hash, out.Status, out.Terminal && !out.Idempotent, out.ReasonClass, out.Reason, in.ProcessedFrameID)
 	if err != nil {
 		return store.Event{}, false, fmt.Errorf("update run: %w", err)
+	}
+	if in.Fence != nil {
+		// The holder's own append is the progress the janitor looks for.
+		if _, err := tx.Exec(ctx, `UPDATE run_leases SET last_progress_seq = $2, heartbeat_at = now() WHERE run_id = $1`,
+			in.RunID, seq); err != nil {
+			return store.Event{}, false, fmt.Errorf("mark progress: %w", err)
+		}
 	}
 	if err := s.notify(ctx, tx, store.Notice{Kind: store.NoticeEvent, RunID: in.RunID, Seq: seq}); err != nil {
 		return store.Event{}, false, err
@@ -274,5 +278,8 @@ func (s *Store) PruneEvents(ctx context.Context, runID string, throughSeq int64)
 	return nil
 }
 
-// formatTime renders timestamps in event payloads (UTC, RFC 3339).
-func formatTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+// payloadTSLayout renders timestamps in event payloads exactly as the SQLite
+// driver does (fixed-width UTC, microseconds), so logs read the same on both.
+const payloadTSLayout = "2006-01-02T15:04:05.000000Z"
+
+func formatTime(t time.Time) string { return t.UTC().Format(payloadTSLayout) }

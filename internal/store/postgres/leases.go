@@ -24,9 +24,6 @@ const (
 
 const nonTerminal = `('created', 'running', 'canceling')`
 
-// defaultBatch bounds ClaimRunnable and ReclaimExpired when limit <= 0.
-const defaultBatch = 100
-
 func ttlMicros(ttl time.Duration) (int64, error) {
 	if ttl < time.Microsecond {
 		return 0, fmt.Errorf("lease ttl %v must be at least 1µs", ttl)
@@ -50,10 +47,11 @@ func (s *Store) AcquireLease(ctx context.Context, runID, owner string, ttl time.
 			state, holder string
 			gen           int64
 			live          bool
+			exp           time.Time
 		)
 		err := tx.QueryRow(ctx, `
-			SELECT state, owner, generation, COALESCE(expires_at > now(), false)
-			FROM run_leases WHERE run_id = $1 FOR UPDATE`, runID).Scan(&state, &holder, &gen, &live)
+			SELECT state, owner, generation, COALESCE(expires_at > now(), false), COALESCE(expires_at, now())
+			FROM run_leases WHERE run_id = $1 FOR UPDATE`, runID).Scan(&state, &holder, &gen, &live, &exp)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return store.ErrNotFound
 		}
@@ -66,13 +64,16 @@ func (s *Store) AcquireLease(ctx context.Context, runID, owner string, ttl time.
 			// held it in between, so the holder's writes stay valid.
 			grant.Result = store.LeaseRenewed
 		case state == leaseHeld && live:
-			return fmt.Errorf("%w: held by %q until it expires", store.ErrLeaseHeld, holder)
-		case state == leaseHeld:
+			grant = store.LeaseGrant{Result: store.LeaseHeld,
+				Lease: store.Lease{RunID: runID, Owner: holder, Generation: gen, ExpiresAt: exp.UTC()}}
+			return fmt.Errorf("%w: held by %q until %s", store.ErrLeaseHeld, holder, formatTime(exp))
+		case state == leaseHeld, state == leaseReclaimed:
+			// Taking over from a holder that lost the lease (expired, or
+			// reclaimed by the janitor) is a steal.
 			grant.Result, gen = store.LeaseStolen, gen+1
-		default:
+		default: // free or released
 			grant.Result, gen = store.LeaseAcquired, gen+1
 		}
-		var exp time.Time
 		err = tx.QueryRow(ctx, `
 			UPDATE run_leases SET state = 'held', owner = $2, generation = $3,
 				expires_at = now() + $4 * interval '1 microsecond', heartbeat_at = now(),
@@ -86,14 +87,15 @@ func (s *Store) AcquireLease(ctx context.Context, runID, owner string, ttl time.
 		return nil
 	})
 	if err != nil {
-		return store.LeaseGrant{}, fmt.Errorf("postgres: acquire lease of %s for %s: %w", runID, owner, err)
+		// On ErrLeaseHeld the grant describes the holder (result "held").
+		return grant, fmt.Errorf("postgres: acquire lease of %s for %s: %w", runID, owner, err)
 	}
 	return grant, nil
 }
 
-// RenewLease implements store.Store. Only a live lease can be renewed: once
-// it expired the janitor may already be reclaiming it, and a holder that
-// overslept its TTL must stop rather than race the janitor.
+// RenewLease implements store.Store. A lease that expired but was neither
+// stolen, reclaimed nor released can still be renewed: nobody else acted on
+// it, and the row lock orders a late renew against a reclaiming janitor.
 func (s *Store) RenewLease(ctx context.Context, l store.Lease, ttl time.Duration) (store.Lease, error) {
 	us, err := ttlMicros(ttl)
 	if err != nil {
@@ -102,7 +104,7 @@ func (s *Store) RenewLease(ctx context.Context, l store.Lease, ttl time.Duration
 	var exp time.Time
 	err = s.pool.QueryRow(ctx, `
 		UPDATE run_leases SET expires_at = now() + $4 * interval '1 microsecond', heartbeat_at = now()
-		WHERE run_id = $1 AND owner = $2 AND generation = $3 AND state = 'held' AND expires_at > now()
+		WHERE run_id = $1 AND owner = $2 AND generation = $3 AND state = 'held'
 		RETURNING expires_at`, l.RunID, l.Owner, l.Generation, us).Scan(&exp)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return store.Lease{}, fmt.Errorf("postgres: renew lease of %s for %s/%d: %w", l.RunID, l.Owner, l.Generation, store.ErrFenced)
@@ -138,11 +140,11 @@ func (s *Store) ClaimRunnable(ctx context.Context, owner string, ttl time.Durati
 		return nil, errors.New("postgres: claim runnable: owner is required")
 	}
 	if limit <= 0 {
-		limit = defaultBatch
+		return nil, nil
 	}
 	rows, err := s.pool.Query(ctx, `
 		WITH cand AS (
-			SELECT l.run_id
+			SELECT l.run_id, l.state AS prev_state
 			FROM run_leases l JOIN runs r ON r.run_id = l.run_id
 			WHERE l.state <> 'held'
 			  AND r.status IN `+nonTerminal+`
@@ -155,15 +157,21 @@ func (s *Store) ClaimRunnable(ctx context.Context, owner string, ttl time.Durati
 		UPDATE run_leases l SET state = 'held', owner = $1, generation = l.generation + 1,
 			expires_at = now() + $3 * interval '1 microsecond', heartbeat_at = now(), acquired_at = now()
 		FROM cand WHERE l.run_id = cand.run_id
-		RETURNING l.run_id, l.owner, l.generation, l.expires_at`, owner, limit, us)
+		RETURNING l.run_id, l.owner, l.generation, l.expires_at, cand.prev_state = 'reclaimed'`, owner, limit, us)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: claim runnable for %s: %w", owner, err)
 	}
 	grants, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.LeaseGrant, error) {
-		var g store.LeaseGrant
-		err := r.Scan(&g.Lease.RunID, &g.Lease.Owner, &g.Lease.Generation, &g.Lease.ExpiresAt)
+		var (
+			g      store.LeaseGrant
+			stolen bool
+		)
+		err := r.Scan(&g.Lease.RunID, &g.Lease.Owner, &g.Lease.Generation, &g.Lease.ExpiresAt, &stolen)
 		g.Lease.ExpiresAt = g.Lease.ExpiresAt.UTC()
 		g.Result = store.LeaseAcquired
+		if stolen {
+			g.Result = store.LeaseStolen
+		}
 		return g, err
 	})
 	if err != nil {
@@ -178,12 +186,12 @@ func (s *Store) ClaimRunnable(ctx context.Context, owner string, ttl time.Durati
 // on each other or on a busy run.
 func (s *Store) ReclaimExpired(ctx context.Context, now time.Time, maxAttempts, limit int) ([]store.Reclaim, error) {
 	if limit <= 0 {
-		limit = defaultBatch
+		return nil, nil
 	}
 	rows, err := s.pool.Query(ctx, `
 		SELECT l.run_id FROM run_leases l JOIN runs r ON r.run_id = l.run_id
 		WHERE l.state = 'held' AND l.expires_at < $1 AND r.status IN `+nonTerminal+`
-		ORDER BY l.expires_at LIMIT $2`, now, limit)
+		ORDER BY l.expires_at, l.run_id LIMIT $2`, now, limit)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: reclaim expired: %w", err)
 	}
@@ -214,16 +222,16 @@ func (s *Store) ReclaimExpired(ctx context.Context, now time.Time, maxAttempts, 
 
 func (s *Store) reclaimTx(ctx context.Context, tx pgx.Tx, runID string, now time.Time, maxAttempts int) (store.Reclaim, bool, error) {
 	var (
-		owner    string
-		gen      int64
-		expires  time.Time
-		attempts int
+		owner             string
+		expires           time.Time
+		attempts          int
+		progress, lostSeq int64
 	)
 	err := tx.QueryRow(ctx, `
-		SELECT l.owner, l.generation, l.expires_at, r.recovery_attempts
+		SELECT l.owner, l.expires_at, r.recovery_attempts, l.last_progress_seq, l.lost_event_seq
 		FROM runs r JOIN run_leases l ON l.run_id = r.run_id
 		WHERE r.run_id = $1 AND l.state = 'held' AND l.expires_at < $2 AND r.status IN `+nonTerminal+`
-		FOR UPDATE OF r, l SKIP LOCKED`, runID, now).Scan(&owner, &gen, &expires, &attempts)
+		FOR UPDATE OF r, l SKIP LOCKED`, runID, now).Scan(&owner, &expires, &attempts, &progress, &lostSeq)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return store.Reclaim{}, false, nil // taken by another janitor, renewed, or finished meanwhile
 	}
@@ -231,44 +239,45 @@ func (s *Store) reclaimTx(ctx context.Context, tx pgx.Tx, runID string, now time
 		return store.Reclaim{}, false, fmt.Errorf("lock expired lease: %w", err)
 	}
 	attempts++
-	lost, err := runs.Canonical(map[string]any{
-		"lease_owner":      owner,
-		"lease_generation": gen,
-		"lease_expires_at": formatTime(expires),
-		"detected_at":      formatTime(now),
-		"attempt":          attempts,
+	if progress > lostSeq {
+		attempts = 1 // the executor appended since the previous reclaim
+	}
+	payload, err := runs.Canonical(map[string]any{
+		"lease_owner":       owner,
+		"lease_expires_at":  formatTime(expires),
+		"detected_at":       formatTime(now),
+		"last_progress_seq": progress,
 	})
 	if err != nil {
 		return store.Reclaim{}, false, err
 	}
-	if _, _, err := s.appendTx(ctx, tx, store.AppendInput{
-		RunID: runID, EventType: "run.executor_lost", Payload: lost,
-	}); err != nil {
+	lost, _, err := s.appendTx(ctx, tx, store.AppendInput{RunID: runID, EventType: "run.executor_lost", Payload: payload})
+	if err != nil {
 		return store.Reclaim{}, false, fmt.Errorf("append run.executor_lost: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `UPDATE run_leases SET state = 'reclaimed', lost_event_seq = $2 WHERE run_id = $1`,
+		runID, lost.Seq); err != nil {
+		return store.Reclaim{}, false, fmt.Errorf("mark lease reclaimed: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `UPDATE runs SET recovery_attempts = $2, last_recovery_at = $3 WHERE run_id = $1`,
+		runID, attempts, now); err != nil {
+		return store.Reclaim{}, false, fmt.Errorf("count recovery: %w", err)
 	}
 	rec := store.Reclaim{RunID: runID, Owner: owner, Attempts: attempts, Outcome: store.ReclaimResumed}
 	if attempts > maxAttempts {
 		fin, err := runs.Canonical(map[string]any{
 			"status":       store.StatusFailed,
 			"reason_class": "executor_recovery_exhausted",
-			"reason":       fmt.Sprintf("janitor recovery attempts exceeded (%d reclaims without progress)", attempts),
+			"reason":       "janitor recovery attempts exceeded",
+			"attempts":     attempts,
 		})
 		if err != nil {
 			return store.Reclaim{}, false, err
 		}
-		if _, _, err := s.appendTx(ctx, tx, store.AppendInput{
-			RunID: runID, EventType: "run.finished", Payload: fin,
-		}); err != nil {
+		if _, _, err := s.appendTx(ctx, tx, store.AppendInput{RunID: runID, EventType: "run.finished", Payload: fin}); err != nil {
 			return store.Reclaim{}, false, fmt.Errorf("append run.finished: %w", err)
 		}
 		rec.Outcome = store.ReclaimExhausted
-	}
-	if _, err := tx.Exec(ctx, `UPDATE runs SET recovery_attempts = $2, last_recovery_at = $3 WHERE run_id = $1`,
-		runID, attempts, now); err != nil {
-		return store.Reclaim{}, false, fmt.Errorf("count recovery: %w", err)
-	}
-	if _, err := tx.Exec(ctx, `UPDATE run_leases SET state = 'reclaimed' WHERE run_id = $1`, runID); err != nil {
-		return store.Reclaim{}, false, fmt.Errorf("mark lease reclaimed: %w", err)
 	}
 	return rec, true, nil
 }

@@ -132,7 +132,6 @@ func TestOpenRejectsBadSchema(t *testing.T) {
 	}
 }
 
-
 func TestMigrateStatusAndVersion(t *testing.T) {
 	dbURL := testURL(t)
 	ctx := context.Background()
@@ -411,8 +410,9 @@ func TestLeaseLifecycleAndFencing(t *testing.T) {
 	if err != nil || g1.Result != store.LeaseAcquired {
 		t.Fatalf("acquire: %+v %v", g1, err)
 	}
-	if _, err := s.AcquireLease(ctx, "r1", "b", time.Minute); !errors.Is(err, store.ErrLeaseHeld) {
-		t.Fatalf("second owner: %v, want ErrLeaseHeld", err)
+	if g, err := s.AcquireLease(ctx, "r1", "b", time.Minute); !errors.Is(err, store.ErrLeaseHeld) ||
+		g.Result != store.LeaseHeld || g.Lease.Owner != "a" {
+		t.Fatalf("second owner: %+v %v, want ErrLeaseHeld describing holder a", g, err)
 	}
 	if g, err := s.AcquireLease(ctx, "r1", "a", time.Minute); err != nil || g.Result != store.LeaseRenewed || g.Lease.Generation != g1.Lease.Generation {
 		t.Fatalf("re-acquire by holder: %+v %v", g, err)
@@ -841,5 +841,82 @@ func TestCreateRunAndFramesIdempotency(t *testing.T) {
 	}
 	if f1.PayloadHash != runs.PayloadHash([]byte(`{"text":"hi"}`)) {
 		t.Fatalf("payload hash %s", f1.PayloadHash)
+	}
+}
+
+func TestReclaimCountResetsAfterProgress(t *testing.T) {
+	s := newTestStore(t)
+	ctx := context.Background()
+	mustCreateRun(t, s, "r1")
+	mustFrame(t, s, "r1", "f1")
+	now := time.Now()
+	claimAndReclaim := func(progress bool) (store.LeaseGrant, store.Reclaim) {
+		t.Helper()
+		gs, err := s.ClaimRunnable(ctx, "exec", time.Millisecond, 10)
+		if err != nil || len(gs) != 1 {
+			t.Fatalf("claim: %+v %v", gs, err)
+		}
+		if progress {
+			// Fence checks need a live lease: renew first, as an executor would.
+			l, err := s.RenewLease(ctx, gs[0].Lease, time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := s.AppendEvent(ctx, store.AppendInput{RunID: "r1", EventType: "run.delta", Fence: l.Fence()}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		now = now.Add(time.Hour)
+		recs, err := s.ReclaimExpired(ctx, now, 3, 10)
+		if err != nil || len(recs) != 1 {
+			t.Fatalf("reclaim: %+v %v", recs, err)
+		}
+		return gs[0], recs[0]
+	}
+	g, r := claimAndReclaim(false)
+	if g.Result != store.LeaseAcquired || r.Attempts != 1 {
+		t.Fatalf("first: grant %s attempts %d", g.Result, r.Attempts)
+	}
+	g, r = claimAndReclaim(false)
+	if g.Result != store.LeaseStolen || r.Attempts != 2 {
+		t.Fatalf("second: grant %s attempts %d", g.Result, r.Attempts)
+	}
+	if _, r = claimAndReclaim(true); r.Attempts != 1 {
+		t.Fatalf("after progress: attempts %d, want 1", r.Attempts)
+	}
+	lost, err := s.FindEventByType(ctx, "r1", "run.executor_lost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p struct {
+		Owner    string `json:"lease_owner"`
+		Progress int64  `json:"last_progress_seq"`
+	}
+	if err := json.Unmarshal(lost.Payload, &p); err != nil || p.Owner != "exec" || p.Progress != 3 {
+		t.Fatalf("executor_lost payload %s (%v)", lost.Payload, err)
+	}
+}
+
+func TestRenewAfterExpiryWithoutTakeover(t *testing.T) {
+	s := newTestStore(t)
+	ctx := context.Background()
+	mustCreateRun(t, s, "r1")
+	g, err := s.AcquireLease(ctx, "r1", "a", time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond)
+	if _, _, err := s.AppendEvent(ctx, store.AppendInput{RunID: "r1", EventType: "run.delta", Fence: g.Lease.Fence()}); !errors.Is(err, store.ErrFenced) {
+		t.Fatalf("append on expired lease: %v, want ErrFenced", err)
+	}
+	l, err := s.RenewLease(ctx, g.Lease, time.Minute)
+	if err != nil {
+		t.Fatalf("renew after expiry nobody acted on: %v", err)
+	}
+	if _, _, err := s.AppendEvent(ctx, store.AppendInput{RunID: "r1", EventType: "run.delta", Fence: l.Fence()}); err != nil {
+		t.Fatalf("append after renew: %v", err)
+	}
+	if recs, err := s.ReclaimExpired(ctx, time.Now(), 3, 10); err != nil || len(recs) != 0 {
+		t.Fatalf("renewed lease reclaimed: %+v %v", recs, err)
 	}
 }

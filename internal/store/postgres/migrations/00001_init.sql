@@ -81,7 +81,12 @@ CREATE TABLE run_leases (
     generation   bigint      NOT NULL DEFAULT 0,
     expires_at   timestamptz,
     heartbeat_at timestamptz,
-    acquired_at  timestamptz
+    acquired_at  timestamptz,
+    -- seq of the last event appended under a valid fence (executor progress).
+    last_progress_seq bigint NOT NULL DEFAULT 0,
+    -- seq of the run.executor_lost appended by the last reclaim; progress
+    -- after it restarts runs.recovery_attempts at 1 on the next reclaim.
+    lost_event_seq    bigint NOT NULL DEFAULT 0
 );
 
 CREATE INDEX run_leases_held_idx ON run_leases (expires_at) WHERE state = 'held';
