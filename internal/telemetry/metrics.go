@@ -221,7 +221,7 @@ func (m *Metrics) preinitialise() {
 	}
 
 	m.syncAuth.WithLabelValues("ok", "authorized")
-	for _, rc := range []string{"missing_token", "invalid_token", "expired_token", "claim_mismatch"} {
+	for _, rc := range []string{"missing_token", "invalid_token", "expired", "claim_mismatch"} {
 		m.syncAuth.WithLabelValues("error", rc)
 	}
 }
@@ -439,9 +439,10 @@ func (m *Metrics) JanitorReclaim(outcome string) {
 	m.janitorReclaims.WithLabelValues(m.value(JanitorReclaims, LabelOutcome, outcome)).Inc()
 }
 
-// ToolLifecycle records a tool call step: phase run (started, rejected,
-// denied, failed before execution), progress (emitted) or terminal
-// (succeeded, failed, timeout, canceled).
+// ToolLifecycle records a tool call step: phase start or run (ok, started,
+// rejected, denied, failed before execution), progress (emitted) or terminal
+// (succeeded, failed, timeout, canceled). The failure alert counts only
+// phase terminal.
 func (m *Metrics) ToolLifecycle(tool, phase, result string) {
 	if m == nil {
 		return

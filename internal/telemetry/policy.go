@@ -79,13 +79,13 @@ const (
 	DriftHashAndLagDrift     = "hash_and_lag_drift"
 )
 
-// ssrfReasons are the egress guard's block reasons (ssrf_block.<why>).
+// ssrfReasons are the egress guard's block reasons (internal/tools/egress),
+// reported as ssrf_block.<why>.
 func ssrfReasons() []string {
 	return []string{
-		"invalid_url", "metadata_endpoint", "dns_resolution_failed", "private_address",
-		"loopback_address", "link_local_address", "cgnat_address", "unspecified_address",
-		"dns_pin_mismatch", "host_not_allowed", "redirect_limit_exceeded",
-		"redirect_missing_location", "redirect_invalid_location",
+		"invalid_url", "scheme_not_allowed", "loopback", "private", "link_local", "cgnat",
+		"metadata", "unspecified", "multicast", "reserved", "host_not_allowed",
+		"too_many_redirects", "dns_failure",
 	}
 }
 
@@ -138,8 +138,8 @@ func LabelValues() map[string][]string {
 		"checkpoint_ahead", DriftSummaryHashMismatch, "projection_version_changed", "sequence_gap",
 		DriftHashAndLagDrift, "khala_missing", "lag_drift", "unsupported_projection",
 		"entity_not_found",
-		// sync socket auth
-		"authorized", "missing_token", "invalid_token", "expired_token", "revoked_token",
+		// sync socket auth (internal/sync/token)
+		"authorized", "missing_token", "invalid_token", "expired", "not_yet_valid", "revoked",
 		"unknown_kid", "claim_mismatch", "scope_denied",
 		// parity: loop detectors, manifest and workflow findings
 		"loop_detected.no_progress", "generic_repeat", "ping_pong", "known_poll",
@@ -175,10 +175,10 @@ func LabelValues() map[string][]string {
 		LabelEventType: {
 			"run.started", "run.delta", "tool.call", "tool.progress", "tool.result",
 			"policy.decision", "policy.budget_exhausted", "provider.fallback", "run.loop_detected",
-			"run.executor_lost", "run.cancel_requested", "run.finished",
+			"run.executor_lost", "run.cancel_requested", "run.frame_consumed", "run.finished",
 		},
 		LabelAction:   {"acquire", "claim", "renew", "release", "reclaim"},
-		LabelPhase:    {"run", "progress", "terminal"},
+		LabelPhase:    {"start", "run", "progress", "terminal"},
 		LabelTool:     {"echo", "sleep", "http.fetch"},
 		LabelProvider: {"scripted", "openai"},
 		LabelState:    {BreakerClosed, BreakerOpen, BreakerHalfOpen},
