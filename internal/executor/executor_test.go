@@ -1,0 +1,334 @@
+package executor_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/oaruntime/oaruntime/internal/executor"
+	"github.com/oaruntime/oaruntime/internal/notify"
+	"github.com/oaruntime/oaruntime/internal/runs"
+	"github.com/oaruntime/oaruntime/internal/store"
+	"github.com/oaruntime/oaruntime/internal/store/sqlite"
+)
+
+func openStore(t *testing.T) store.Store {
+	t.Helper()
+	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "rt.db"), sqlite.WithMigrate())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+type node struct {
+	ex  *executor.Executor
+	jan *executor.Janitor
+	hub *notify.Hub
+}
+
+// startNode starts an executor (and janitor) on st; cancel ctx to "kill" it.
+func startNode(ctx context.Context, t *testing.T, st store.Store, owner string, ttl time.Duration) *node {
+	t.Helper()
+	hub := notify.NewHub()
+	go func() { _ = hub.Run(ctx, st) }()
+	ex := executor.New(executor.Config{Owner: owner, LeaseTTL: ttl, RenewEvery: ttl / 4, PollInterval: 50 * time.Millisecond}, executor.Deps{Store: st, Hub: hub})
+	ex.Start(ctx)
+	jan := executor.NewJanitor(executor.JanitorConfig{Interval: 100 * time.Millisecond}, st, nil, nil, ex.Wake)
+	jan.Start(ctx)
+	return &node{ex: ex, jan: jan, hub: hub}
+}
+
+func createRun(t *testing.T, st store.Store, id string, meta string) {
+	t.Helper()
+	in := store.CreateRunInput{RunID: id, ThreadID: "thread_" + id, OwnerSub: "user:1"}
+	if meta != "" {
+		in.Metadata = json.RawMessage(meta)
+	}
+	if _, _, err := st.CreateRun(context.Background(), in); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func sendFrame(t *testing.T, st store.Store, runID, frameID, typ string, payload any) {
+	t.Helper()
+	raw, _ := json.Marshal(payload)
+	canon, err := runs.CanonicalizeRaw(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := st.InsertFrame(context.Background(), store.InsertFrameInput{RunID: runID, FrameID: frameID, Type: typ, Payload: canon}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitStatus(t *testing.T, st store.Store, runID string, want string, within time.Duration) store.Run {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		r, err := st.GetRun(context.Background(), runID)
+		if err == nil && r.Status == want {
+			return r
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("run %s: status %q, want %q within %s", runID, r.Status, want, within)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func allEvents(t *testing.T, st store.Store, runID string) []store.Event {
+	t.Helper()
+	evs, err := st.ListEvents(context.Background(), runID, 0, 10000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return evs
+}
+
+// checkLog asserts a gap-free, hash-chained log with no duplicated step.
+func checkLog(t *testing.T, runID string, evs []store.Event) map[string]int {
+	t.Helper()
+	counts := map[string]int{}
+	keys := map[string]bool{}
+	prev := ""
+	for i, ev := range evs {
+		if ev.Seq != int64(i+1) {
+			t.Fatalf("seq gap: event %d has seq %d", i, ev.Seq)
+		}
+		if ev.PrevHash != prev {
+			t.Fatalf("seq %d: prev_hash %q want %q", ev.Seq, ev.PrevHash, prev)
+		}
+		if h := runs.EventHash(runID, ev.Seq, ev.EventType, ev.Payload, ev.PrevHash); h != ev.EventHash {
+			t.Fatalf("seq %d: event_hash mismatch", ev.Seq)
+		}
+		prev = ev.EventHash
+		counts[ev.EventType]++
+		if ev.IdempotencyKey != "" {
+			if keys[ev.IdempotencyKey] {
+				t.Fatalf("duplicate step %q", ev.IdempotencyKey)
+			}
+			keys[ev.IdempotencyKey] = true
+		}
+	}
+	return counts
+}
+
+func TestUserMessageIsAnswered(t *testing.T) {
+	st := openStore(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	n := startNode(ctx, t, st, "node-a", 2*time.Second)
+	createRun(t, st, "run_hello", "")
+	sendFrame(t, st, "run_hello", "f1", "user_message", map[string]any{"text": "hello"})
+	r := waitStatus(t, st, "run_hello", store.StatusSucceeded, 10*time.Second)
+	if r.TerminalReasonClass != "completed" {
+		t.Fatalf("reason class %q", r.TerminalReasonClass)
+	}
+	evs := allEvents(t, st, "run_hello")
+	counts := checkLog(t, "run_hello", evs)
+	if counts["run.started"] != 1 || counts["run.finished"] != 1 || counts["run.delta"] != 1 {
+		t.Fatalf("events %v", counts)
+	}
+	var d struct{ Delta string }
+	_ = json.Unmarshal(evs[1].Payload, &d)
+	if d.Delta != "hello" {
+		t.Fatalf("delta %q", d.Delta)
+	}
+	_ = n.ex.Stop(context.Background())
+	// The lease was released on finish: another owner acquires, not steals.
+	g, err := st.AcquireLease(context.Background(), "run_hello", "node-b", time.Second)
+	if err != nil || g.Result != store.LeaseAcquired {
+		t.Fatalf("after finish: %+v %v (lease not released?)", g, err)
+	}
+}
+
+func TestScriptWithToolsAndKeepOpen(t *testing.T) {
+	st := openStore(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	startNode(ctx, t, st, "node-a", 2*time.Second)
+	createRun(t, st, "run_open", `{"keep_open":true}`)
+	script := []map[string]any{{"say": "looking"}, {"tool": "echo", "input": map[string]any{"x": 1}}, {"say": "got it"}, {"answer": "done"}}
+	sendFrame(t, st, "run_open", "f1", "user_message", map[string]any{"text": "go", "script": script})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r, _ := st.GetRun(context.Background(), "run_open")
+		if r.LastProcessedFrameID > 0 {
+			if r.Status != store.StatusRunning {
+				t.Fatalf("keep_open run is %s", r.Status)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("frame not processed")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	counts := checkLog(t, "run_open", allEvents(t, st, "run_open"))
+	if counts["tool.call"] != 1 || counts["tool.result"] != 1 || counts["run.delta"] != 3 || counts["run.finished"] != 0 {
+		t.Fatalf("events %v", counts)
+	}
+	sendFrame(t, st, "run_open", "f2", "finish", map[string]any{})
+	waitStatus(t, st, "run_open", store.StatusSucceeded, 10*time.Second)
+}
+
+// TestKilledExecutorIsResumed kills an executor mid-turn (its context is
+// canceled without releasing the lease, as a crash would) and shows another
+// node's janitor and executor finish the run without duplicating a step.
+func TestKilledExecutorIsResumed(t *testing.T) {
+	st := openStore(t)
+	const ttl = time.Second
+	const janitorEvery = 100 * time.Millisecond
+	ctxA, killA := context.WithCancel(context.Background())
+	defer killA()
+	createRun(t, st, "run_crash", "")
+	script := []map[string]any{
+		{"say": "step one"},
+		{"tool": "echo", "input": map[string]any{"n": 1}},
+		{"tool": "sleep", "input": map[string]any{"ms": 1500}},
+		{"say": "after sleep"},
+		{"answer": "finished"},
+	}
+	startNode(ctxA, t, st, "node-a", ttl)
+	sendFrame(t, st, "run_crash", "f1", "user_message", map[string]any{"text": "work", "script": script})
+	// Wait until A is inside the sleep tool.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		evs := allEvents(t, st, "run_crash")
+		if len(evs) > 0 && evs[len(evs)-1].EventType == "tool.call" && len(evs) >= 5 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("executor A never reached the sleep tool: %d events", len(evs))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	killA()
+	killed := time.Now()
+	ctxB, stopB := context.WithCancel(context.Background())
+	defer stopB()
+	startNode(ctxB, t, st, "node-b", ttl)
+	var lostAt time.Time
+	for {
+		if _, err := st.FindEventByType(context.Background(), "run_crash", "run.executor_lost"); err == nil && lostAt.IsZero() {
+			lostAt = time.Now()
+		}
+		r, _ := st.GetRun(context.Background(), "run_crash")
+		if r.Status == store.StatusSucceeded {
+			break
+		}
+		if time.Since(killed) > 20*time.Second {
+			t.Fatalf("run not resumed: status %s", r.Status)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if lostAt.IsZero() {
+		t.Fatal("no run.executor_lost event")
+	}
+	t.Logf("reclaimed %s after the kill (ttl %s + janitor %s)", lostAt.Sub(killed), ttl, janitorEvery)
+	if lostAt.Sub(killed) > ttl+janitorEvery+time.Second {
+		t.Fatalf("reclaim took %s, more than ttl+janitor interval (+1s slack)", lostAt.Sub(killed))
+	}
+	counts := checkLog(t, "run_crash", allEvents(t, st, "run_crash"))
+	if counts["tool.call"] != 2 || counts["run.started"] != 1 || counts["run.finished"] != 1 {
+		t.Fatalf("events %v", counts)
+	}
+	// The interrupted sleep was re-run after the takeover: one result per call.
+	if counts["tool.result"] != 2 {
+		t.Fatalf("tool.result %d, want exactly one per call", counts["tool.result"])
+	}
+}
+
+func TestCancelDuringToolFinishesOnce(t *testing.T) {
+	st := openStore(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	startNode(ctx, t, st, "node-a", 2*time.Second)
+	createRun(t, st, "run_cancel", "")
+	sendFrame(t, st, "run_cancel", "f1", "user_message", map[string]any{"text": "x", "script": []map[string]any{{"tool": "sleep", "input": map[string]any{"ms": 30000}}, {"answer": "never"}}})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := st.FindEventByType(context.Background(), "run_cancel", "tool.call"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("tool never started")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	var wg sync.WaitGroup
+	created := make(chan bool, 10)
+	for i := 0; i < 10; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, replay, err := st.AppendEvent(context.Background(), store.AppendInput{RunID: "run_cancel", EventType: "run.cancel_requested", Payload: json.RawMessage(`{"reason":"stop"}`), IdempotencyKey: "run.cancel_requested"})
+			if err != nil && !errors.Is(err, store.ErrIllegalTransition) {
+				t.Error(err)
+			}
+			created <- err == nil && !replay
+		}()
+	}
+	wg.Wait()
+	close(created)
+	n := 0
+	for c := range created {
+		if c {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("%d cancel requests created, want 1", n)
+	}
+	start := time.Now()
+	r := waitStatus(t, st, "run_cancel", store.StatusCanceled, 10*time.Second)
+	if time.Since(start) > 5*time.Second {
+		t.Fatalf("cancel took %s: tool not interrupted", time.Since(start))
+	}
+	if r.TerminalReason != "stop" {
+		t.Fatalf("reason %q", r.TerminalReason)
+	}
+	counts := checkLog(t, "run_cancel", allEvents(t, st, "run_cancel"))
+	if counts["run.finished"] != 1 || counts["tool.result"] != 1 {
+		t.Fatalf("events %v", counts)
+	}
+	var res struct{ Status string }
+	ev, _ := st.FindEventByType(context.Background(), "run_cancel", "tool.result")
+	_ = json.Unmarshal(ev.Payload, &res)
+	if res.Status != "canceled" {
+		t.Fatalf("tool result %q", res.Status)
+	}
+}
+
+func TestRecoveryExhausted(t *testing.T) {
+	st := openStore(t)
+	createRun(t, st, "run_doomed", "")
+	sendFrame(t, st, "run_doomed", "f1", "user_message", map[string]any{"text": "x"})
+	jan := executor.NewJanitor(executor.JanitorConfig{MaxAttempts: 3}, st, nil, nil, nil)
+	var last []store.Reclaim
+	for i := 1; i <= 4; i++ {
+		// An executor takes the lease and dies without progress.
+		if _, err := st.AcquireLease(context.Background(), "run_doomed", fmt.Sprintf("ghost-%d", i), 10*time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+		last = jan.Cycle(context.Background())
+		if len(last) != 1 {
+			t.Fatalf("cycle %d: %d reclaims", i, len(last))
+		}
+	}
+	if last[0].Outcome != store.ReclaimExhausted {
+		t.Fatalf("4th reclaim outcome %s", last[0].Outcome)
+	}
+	r := waitStatus(t, st, "run_doomed", store.StatusFailed, time.Second)
+	if r.TerminalReasonClass != "executor_recovery_exhausted" {
+		t.Fatalf("reason %q", r.TerminalReasonClass)
+	}
+}
