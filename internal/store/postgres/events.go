@@ -76,6 +76,18 @@ func (s *Store) appendTx(ctx context.Context, tx pgx.Tx, in store.AppendInput) (
 		return store.Event{}, false, errors.New("event_type is required")
 	}
 	key := strings.TrimSpace(in.IdempotencyKey)
+	if !storable(in.RunID) {
+		return store.Event{}, false, store.ErrNotFound
+	}
+	if err := checkText("event_type", eventType, "idempotency_key", key, "traceparent", in.Trace.TraceParent,
+		"tracestate", in.Trace.TraceState, "request_id", in.Trace.RequestID); err != nil {
+		return store.Event{}, false, err
+	}
+	if in.Fence != nil {
+		if err := checkText("fence owner", in.Fence.Owner); err != nil {
+			return store.Event{}, false, fmt.Errorf("%w: %v", store.ErrFenced, err)
+		}
+	}
 	payload, err := runs.CanonicalizeRaw(in.Payload)
 	if err != nil {
 		return store.Event{}, false, fmt.Errorf("payload: %w", err)
@@ -191,9 +203,10 @@ func (e transitionError) Unwrap() error        { return e.err }
 func (e transitionError) Is(target error) bool { return target == store.ErrIllegalTransition }
 
 // checkFence accepts the write only while (owner, generation) holds a live,
-// unreclaimed lease. FOR SHARE makes a concurrent steal or reclaim wait for
-// this append (or this append see the new generation), so a fenced write can
-// never commit after its lease was taken over.
+// unreclaimed lease. Locking the lease row makes a concurrent steal or
+// reclaim wait for this append (or this append see the new generation), so a
+// fenced write can never commit after its lease was taken over. NO KEY
+// UPDATE rather than SHARE because the append then records progress on it.
 func checkFence(ctx context.Context, tx pgx.Tx, runID string, f store.Fence) error {
 	var (
 		state, owner string
@@ -202,7 +215,7 @@ func checkFence(ctx context.Context, tx pgx.Tx, runID string, f store.Fence) err
 	)
 	err := tx.QueryRow(ctx, `
 		SELECT state, owner, generation, COALESCE(expires_at > now(), false)
-		FROM run_leases WHERE run_id = $1 FOR SHARE`, runID).Scan(&state, &owner, &gen, &live)
+		FROM run_leases WHERE run_id = $1 FOR NO KEY UPDATE`, runID).Scan(&state, &owner, &gen, &live)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return fmt.Errorf("%w: run has no lease", store.ErrFenced)
 	}
@@ -224,6 +237,9 @@ func (s *Store) ListEvents(ctx context.Context, runID string, afterSeq int64, li
 	if limit <= 0 {
 		limit = defaultListLimit
 	}
+	if !storable(runID) {
+		return nil, fmt.Errorf("postgres: list events of %q: %w", runID, store.ErrNotFound)
+	}
 	rows, err := s.pool.Query(ctx, `SELECT `+eventCols+` FROM run_events
 		WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3`, runID, afterSeq, limit)
 	if err != nil {
@@ -243,6 +259,9 @@ func (s *Store) ListEvents(ctx context.Context, runID string, afterSeq int64, li
 
 // FindEventByType implements store.Store.
 func (s *Store) FindEventByType(ctx context.Context, runID, eventType string) (store.Event, error) {
+	if !storable(runID) || !storable(eventType) {
+		return store.Event{}, fmt.Errorf("postgres: find %q event of %q: %w", eventType, runID, store.ErrNotFound)
+	}
 	ev, err := scanEvent(s.pool.QueryRow(ctx, `SELECT `+eventCols+` FROM run_events
 		WHERE run_id = $1 AND event_type = $2 ORDER BY seq DESC LIMIT 1`, runID, eventType))
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -258,6 +277,9 @@ func (s *Store) FindEventByType(ctx context.Context, runID, eventType string) (s
 // past the run's latest seq; the chain head lives on the run row, so later
 // appends still link to the pruned predecessor.
 func (s *Store) PruneEvents(ctx context.Context, runID string, throughSeq int64) error {
+	if !storable(runID) {
+		return fmt.Errorf("postgres: prune events of %q: %w", runID, store.ErrNotFound)
+	}
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var floor int64
 		err := tx.QueryRow(ctx, `

@@ -41,6 +41,12 @@ func (s *Store) AcquireLease(ctx context.Context, runID, owner string, ttl time.
 	if owner == "" {
 		return store.LeaseGrant{}, fmt.Errorf("postgres: acquire lease of %s: owner is required", runID)
 	}
+	if !storable(runID) {
+		return store.LeaseGrant{}, fmt.Errorf("postgres: acquire lease of %q: %w", runID, store.ErrNotFound)
+	}
+	if err := checkText("owner", owner); err != nil {
+		return store.LeaseGrant{}, fmt.Errorf("postgres: acquire lease of %s: %w", runID, err)
+	}
 	var grant store.LeaseGrant
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var (
@@ -101,6 +107,9 @@ func (s *Store) RenewLease(ctx context.Context, l store.Lease, ttl time.Duration
 	if err != nil {
 		return store.Lease{}, fmt.Errorf("postgres: renew lease of %s: %w", l.RunID, err)
 	}
+	if !storable(l.RunID) || !storable(l.Owner) {
+		return store.Lease{}, fmt.Errorf("postgres: renew lease of %q: %w", l.RunID, store.ErrFenced)
+	}
 	var exp time.Time
 	err = s.pool.QueryRow(ctx, `
 		UPDATE run_leases SET expires_at = now() + $4 * interval '1 microsecond', heartbeat_at = now()
@@ -118,6 +127,9 @@ func (s *Store) RenewLease(ctx context.Context, l store.Lease, ttl time.Duration
 
 // ReleaseLease implements store.Store.
 func (s *Store) ReleaseLease(ctx context.Context, l store.Lease) error {
+	if !storable(l.RunID) || !storable(l.Owner) {
+		return nil // such a lease cannot exist
+	}
 	_, err := s.pool.Exec(ctx, `
 		UPDATE run_leases SET state = 'released', expires_at = now()
 		WHERE run_id = $1 AND owner = $2 AND generation = $3 AND state = 'held'`,
@@ -138,6 +150,9 @@ func (s *Store) ClaimRunnable(ctx context.Context, owner string, ttl time.Durati
 	}
 	if owner == "" {
 		return nil, errors.New("postgres: claim runnable: owner is required")
+	}
+	if err := checkText("owner", owner); err != nil {
+		return nil, fmt.Errorf("postgres: claim runnable: %w", err)
 	}
 	if limit <= 0 {
 		return nil, nil

@@ -93,8 +93,10 @@ type Store struct {
 	watchers  atomic.Int64
 	connected atomic.Int64
 
-	closeOnce sync.Once
-	done      chan struct{}
+	mu     sync.Mutex // guards closed and loops.Add against Close
+	closed bool
+	done   chan struct{}
+	loops  sync.WaitGroup // Watch goroutines, awaited by Close
 }
 
 var _ store.Store = (*Store)(nil)
@@ -233,12 +235,17 @@ func (s *Store) Ping(ctx context.Context) error {
 
 // Close stops listeners and closes the pool. It is safe to call twice.
 func (s *Store) Close() error {
-	var err error
-	s.closeOnce.Do(func() {
-		close(s.done)
-		err = s.db.Close()
-		s.pool.Close()
-	})
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.done)
+	s.mu.Unlock()
+	s.loops.Wait()
+	err := s.db.Close()
+	s.pool.Close()
 	if err != nil {
 		return fmt.Errorf("postgres: close: %w", err)
 	}

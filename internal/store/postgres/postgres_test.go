@@ -920,3 +920,60 @@ func TestRenewAfterExpiryWithoutTakeover(t *testing.T) {
 		t.Fatalf("renewed lease reclaimed: %+v %v", recs, err)
 	}
 }
+
+// PostgreSQL text cannot hold NUL or invalid UTF-8; such ids must read as
+// absent and such writes must fail with a message naming the field, never
+// with a raw encoding error from the server.
+func TestUnstorableText(t *testing.T) {
+	s := newTestStore(t)
+	ctx := context.Background()
+	mustCreateRun(t, s, "r1")
+	bad := []string{"r\x001", "r\xff1"}
+	for _, id := range bad {
+		if _, err := s.GetRun(ctx, id); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("GetRun(%q): %v", id, err)
+		}
+		if _, err := s.ListEvents(ctx, id, 0, 10); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("ListEvents(%q): %v", id, err)
+		}
+		if _, err := s.NextFrame(ctx, id, 0); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("NextFrame(%q): %v", id, err)
+		}
+		if _, _, err := s.AppendEvent(ctx, store.AppendInput{RunID: id, EventType: "run.delta"}); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("AppendEvent(%q): %v", id, err)
+		}
+		if _, err := s.AcquireLease(ctx, id, "o", time.Minute); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("AcquireLease(%q): %v", id, err)
+		}
+	}
+	for _, tc := range []struct {
+		field string
+		call  func() error
+	}{
+		{"event_type", func() error {
+			_, _, err := s.AppendEvent(ctx, store.AppendInput{RunID: "r1", EventType: "run.\x00delta"})
+			return err
+		}},
+		{"idempotency_key", func() error {
+			_, _, err := s.AppendEvent(ctx, store.AppendInput{RunID: "r1", EventType: "run.delta", IdempotencyKey: "\xff"})
+			return err
+		}},
+		{"frame_id", func() error {
+			_, _, err := s.InsertFrame(ctx, store.InsertFrameInput{RunID: "r1", FrameID: "f\x00", Type: "cancel"})
+			return err
+		}},
+		{"thread_id", func() error {
+			_, _, err := s.CreateRun(ctx, store.CreateRunInput{RunID: "r2", ThreadID: "\xfe", OwnerSub: "user:1"})
+			return err
+		}},
+	} {
+		err := tc.call()
+		if err == nil || !strings.Contains(err.Error(), tc.field) || strings.Contains(err.Error(), "SQLSTATE") {
+			t.Errorf("%s: got %v, want an error naming the field", tc.field, err)
+		}
+	}
+	// NUL inside JSON is an escape, which the json column stores verbatim.
+	if _, _, err := s.AppendEvent(ctx, store.AppendInput{RunID: "r1", EventType: "run.delta", Payload: json.RawMessage(`{"a":"x\u0000y"}`)}); err != nil {
+		t.Errorf("escaped NUL in payload: %v", err)
+	}
+}

@@ -86,6 +86,9 @@ func (s *Store) CreateRun(ctx context.Context, in store.CreateRunInput) (store.R
 	if in.OwnerSub == "" {
 		return store.Run{}, false, errors.New("postgres: create run: owner is required")
 	}
+	if err := checkText("run_id", in.RunID, "thread_id", in.ThreadID, "owner", in.OwnerSub); err != nil {
+		return store.Run{}, false, fmt.Errorf("postgres: create run: %w", err)
+	}
 	docs := make([][]byte, 5)
 	for i, d := range []struct {
 		name string
@@ -145,6 +148,9 @@ func (s *Store) CreateRun(ctx context.Context, in store.CreateRunInput) (store.R
 
 // GetRun implements store.Store.
 func (s *Store) GetRun(ctx context.Context, runID string) (store.Run, error) {
+	if !storable(runID) {
+		return store.Run{}, fmt.Errorf("postgres: get run %q: %w", runID, store.ErrNotFound)
+	}
 	r, err := scanRun(s.pool.QueryRow(ctx, `SELECT `+runCols+` FROM runs WHERE run_id = $1`, runID))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return store.Run{}, fmt.Errorf("postgres: get run %s: %w", runID, store.ErrNotFound)
@@ -180,6 +186,13 @@ func (s *Store) InsertFrame(ctx context.Context, in store.InsertFrameInput) (sto
 	}
 	if in.Type == "" {
 		return store.Frame{}, false, errors.New("postgres: insert frame: type is required")
+	}
+	if !storable(in.RunID) {
+		return store.Frame{}, false, fmt.Errorf("postgres: insert frame: run %q: %w", in.RunID, store.ErrNotFound)
+	}
+	if err := checkText("frame_id", in.FrameID, "type", in.Type, "traceparent", in.Trace.TraceParent,
+		"tracestate", in.Trace.TraceState, "request_id", in.Trace.RequestID); err != nil {
+		return store.Frame{}, false, fmt.Errorf("postgres: insert frame: %w", err)
 	}
 	payload, err := runs.CanonicalizeRaw(in.Payload)
 	if err != nil {
@@ -233,6 +246,9 @@ func (s *Store) InsertFrame(ctx context.Context, in store.InsertFrameInput) (sto
 
 // NextFrame implements store.Store.
 func (s *Store) NextFrame(ctx context.Context, runID string, afterID int64) (store.Frame, error) {
+	if !storable(runID) {
+		return store.Frame{}, fmt.Errorf("postgres: next frame of %q: %w", runID, store.ErrNotFound)
+	}
 	f, err := scanFrame(s.pool.QueryRow(ctx,
 		`SELECT `+frameCols+` FROM frames WHERE run_id = $1 AND id > $2 ORDER BY id LIMIT 1`, runID, afterID))
 	if errors.Is(err, pgx.ErrNoRows) {

@@ -32,11 +32,13 @@ const (
 // was away are lost, so every subscriber must re-read. The channel closes
 // when ctx ends or the store closes.
 func (s *Store) Watch(ctx context.Context) (<-chan store.Notice, error) {
-	select {
-	case <-s.done:
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
 		return nil, errors.New("postgres: watch: store is closed")
-	default:
 	}
+	s.loops.Add(1)
+	s.mu.Unlock()
 	ctx, cancel := context.WithCancel(ctx)
 	go func() {
 		select {
@@ -51,6 +53,7 @@ func (s *Store) Watch(ctx context.Context) (<-chan store.Notice, error) {
 	conn, err := s.listen(ctx)
 	if err != nil && ctx.Err() != nil {
 		cancel()
+		s.loops.Done()
 		return nil, fmt.Errorf("postgres: watch: %w", ctx.Err())
 	}
 	s.watchers.Add(1)
@@ -60,7 +63,10 @@ func (s *Store) Watch(ctx context.Context) (<-chan store.Notice, error) {
 		s.connected.Add(1)
 	}
 	ch := make(chan store.Notice, noticeBuffer)
-	go s.watchLoop(ctx, cancel, ch, conn)
+	go func() {
+		defer s.loops.Done()
+		s.watchLoop(ctx, cancel, ch, conn)
+	}()
 	return ch, nil
 }
 
