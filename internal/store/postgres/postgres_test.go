@@ -977,3 +977,53 @@ func TestUnstorableText(t *testing.T) {
 		t.Errorf("escaped NUL in payload: %v", err)
 	}
 }
+
+// BenchmarkAppendEvent reports append throughput: one run per goroutine, so
+// it measures the transaction path rather than row-lock contention.
+func BenchmarkAppendEvent(b *testing.B) {
+	dbURL := os.Getenv("OA_TEST_DATABASE_URL")
+	if dbURL == "" {
+		b.Skip("SKIPPING: set OA_TEST_DATABASE_URL to benchmark the PostgreSQL driver")
+	}
+	schema := fmt.Sprintf("oabench_%06x", rand.N(1<<24))
+	ctx := context.Background()
+	s, err := Open(ctx, dbURL, WithSchema(schema), WithMigrate())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		_ = s.Close()
+		conn, err := pgx.Connect(ctx, mustStripB(b, dbURL))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, "DROP SCHEMA "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
+			b.Fatal(err)
+		}
+	}()
+	var runN atomic.Int64
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		id := fmt.Sprintf("bench-%d", runN.Add(1))
+		if _, _, err := s.CreateRun(ctx, store.CreateRunInput{RunID: id, ThreadID: "t", OwnerSub: "user:b"}); err != nil {
+			b.Error(err)
+			return
+		}
+		for pb.Next() {
+			if _, _, err := s.AppendEvent(ctx, store.AppendInput{RunID: id, EventType: "run.delta", Payload: json.RawMessage(`{"delta":"x"}`)}); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+func mustStripB(b *testing.B, dbURL string) string {
+	b.Helper()
+	u, _, err := splitSchemaParam(dbURL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return u
+}
