@@ -608,3 +608,38 @@ func TestNormalizeRouteAndStatusClass(t *testing.T) {
 		}
 	}
 }
+
+func TestConcurrentUseCountsEveryCall(t *testing.T) {
+	m, reg := newTestMetrics(t)
+	const workers, per = 8, 200
+	done := make(chan struct{})
+	for w := range workers {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for i := range per {
+				m.AllowTools("late.tool")
+				m.ToolLifecycle("late.tool", "terminal", "failed")
+				m.BreakerState("acme", []string{BreakerClosed, BreakerOpen, BreakerHalfOpen}[(w+i)%3])
+			}
+		}()
+	}
+	for range workers {
+		<-done
+	}
+	m.BreakerState("acme", BreakerOpen)
+	fams := gather(t, reg)
+	// Each goroutine allows the tool before using it, so no call may land on other.
+	if v := value(find(fams, ToolLifecycle, map[string]string{LabelTool: "late.tool", LabelPhase: "terminal", LabelResult: "failed"})); v != workers*per {
+		t.Errorf("tool lifecycle{late.tool} = %v, want %d", v, workers*per)
+	}
+	if got := totalOverflow(fams); got != 0 {
+		t.Errorf("overflow = %v, want 0", got)
+	}
+	var ones float64
+	for _, st := range []string{BreakerClosed, BreakerOpen, BreakerHalfOpen} {
+		ones += value(find(fams, ProviderBreakerState, map[string]string{LabelProvider: "acme", LabelState: st}))
+	}
+	if ones != 1 {
+		t.Errorf("breaker state gauges of acme sum to %v, want exactly one state at 1", ones)
+	}
+}
