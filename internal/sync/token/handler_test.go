@@ -250,14 +250,14 @@ func checkOKBody(t *testing.T, rec *httptest.ResponseRecorder, k *Keyring, scope
 	if d.TokenType != "Bearer" || d.KeyID != "k1" || d.ExpiresIn != ttl || !slices.Equal(d.Scopes, scopes) {
 		t.Errorf("data = %+v", d)
 	}
-	if want := testNow.Add(time.Duration(ttl) * time.Second).Format(time.RFC3339); d.ExpiresAt != want {
+	if want := testNow().Add(time.Duration(ttl) * time.Second).Format(time.RFC3339); d.ExpiresAt != want {
 		t.Errorf("expires_at = %q, want %q", d.ExpiresAt, want)
 	}
 	c, err := newTestVerifier(k, nil).Verify(context.Background(), d.Token)
 	if err != nil {
 		t.Fatalf("minted token does not verify: %v", err)
 	}
-	if !slices.Equal(c.Scopes, scopes) || c.ExpiresAt.Unix() != testNow.Unix()+ttl {
+	if !slices.Equal(c.Scopes, scopes) || c.ExpiresAt.Unix() != testNow().Unix()+ttl {
 		t.Errorf("token claims %+v disagree with the response", c)
 	}
 }

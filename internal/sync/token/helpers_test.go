@@ -12,14 +12,15 @@ import (
 )
 
 // Fixed test material: the clock is frozen so expiry cases are exact.
-var (
-	testNow     = time.Unix(1_800_000_000, 0).UTC()
-	secretOne   = strings.Repeat("1", 32)
+const (
+	secretOne   = "11111111111111111111111111111111" // exactly MinKeyBytes
 	secretTwo   = "second-secret-that-is-long-enough-0123456789"
-	secretOther = strings.Repeat("x", 40)
+	secretOther = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
 )
 
-func fixedNow() time.Time { return testNow }
+func testNow() time.Time { return time.Unix(1_800_000_000, 0).UTC() }
+
+func fixedNow() time.Time { return testNow() }
 
 func mustKeyring(t testing.TB, c KeyConfig) *Keyring {
 	t.Helper()
@@ -51,9 +52,9 @@ func validClaims() jwt.MapClaims {
 		"iss":               DefaultIssuer,
 		"aud":               []string{DefaultAudience},
 		"sub":               "user:42",
-		"iat":               testNow.Unix(),
-		"nbf":               testNow.Unix(),
-		"exp":               testNow.Unix() + 300,
+		"iat":               testNow().Unix(),
+		"nbf":               testNow().Unix(),
+		"exp":               testNow().Unix() + 300,
 		"jti":               "00112233445566778899aabbccddeeff",
 		"oa_org_id":         "user:42",
 		"oa_sync_scopes":    []string{TopicRunSummaries},

@@ -20,7 +20,7 @@ func TestMintClaims(t *testing.T) {
 	if minted.KeyID != "k1" || minted.Subject != "user:42" || minted.TTL != DefaultTTL {
 		t.Errorf("minted = %+v", minted)
 	}
-	if !minted.IssuedAt.Equal(testNow) || !minted.ExpiresAt.Equal(testNow.Add(300*time.Second)) {
+	if !minted.IssuedAt.Equal(testNow()) || !minted.ExpiresAt.Equal(testNow().Add(300*time.Second)) {
 		t.Errorf("times: iat %v exp %v", minted.IssuedAt, minted.ExpiresAt)
 	}
 	if !regexp.MustCompile(`^[0-9a-f]{32}$`).MatchString(minted.ID) {
@@ -52,7 +52,7 @@ func TestMintClaims(t *testing.T) {
 		}
 	}
 	// Times must be JSON integers, as the verifier requires.
-	for k, want := range map[string]int64{"iat": testNow.Unix(), "nbf": testNow.Unix(), "exp": testNow.Unix() + 300} {
+	for k, want := range map[string]int64{"iat": testNow().Unix(), "nbf": testNow().Unix(), "exp": testNow().Unix() + 300} {
 		n, ok := payload[k].(json.Number)
 		if !ok || n.String() != jsonInt(want) {
 			t.Errorf("claim %s = %v, want integer %d", k, payload[k], want)
@@ -107,7 +107,7 @@ func TestMintTTL(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if minted.TTL != tt.want || !minted.ExpiresAt.Equal(testNow.Add(tt.want)) {
+			if minted.TTL != tt.want || !minted.ExpiresAt.Equal(testNow().Add(tt.want)) {
 				t.Errorf("TTL %v exp %v, want %v", minted.TTL, minted.ExpiresAt, tt.want)
 			}
 		})

@@ -26,7 +26,7 @@ func TestVerifyRoundTrip(t *testing.T) {
 	if c.KeyID != "k1" || c.Subject != "guest:s1" || c.OrgID != "guest:s1" || c.ID != minted.ID ||
 		c.Issuer != DefaultIssuer || !slices.Equal(c.Audience, []string{DefaultAudience}) ||
 		c.ClaimsVersion != ClaimsVersion || !slices.Equal(c.Scopes, []string{TopicRunSummaries}) ||
-		!c.IssuedAt.Equal(testNow) || !c.NotBefore.Equal(testNow) || !c.ExpiresAt.Equal(testNow.Add(120*time.Second)) {
+		!c.IssuedAt.Equal(testNow()) || !c.NotBefore.Equal(testNow()) || !c.ExpiresAt.Equal(testNow().Add(120*time.Second)) {
 		t.Errorf("claims = %+v", c)
 	}
 	if !c.HasScope(TopicRunSummaries) || c.HasScope(TopicCodexWorkerEvents) {
@@ -93,7 +93,7 @@ func TestVerifyRejects(t *testing.T) {
 	}
 	hs256 := func(c jwt.MapClaims) string { return signMap(t, jwt.SigningMethodHS256, "k1", []byte(secretOne), c) }
 	leeway := int64(DefaultLeeway / time.Second)
-	now := testNow.Unix()
+	now := testNow().Unix()
 
 	tests := []struct {
 		name string
@@ -224,7 +224,7 @@ func TestVerifyIssuerAudienceConfig(t *testing.T) {
 func TestVerifyLeewayConfig(t *testing.T) {
 	k := keyringOne(t)
 	c := validClaims()
-	c["iat"], c["nbf"], c["exp"] = testNow.Unix()-300, testNow.Unix()-300, testNow.Unix()-2
+	c["iat"], c["nbf"], c["exp"] = testNow().Unix()-300, testNow().Unix()-300, testNow().Unix()-2
 	tok := signMap(t, jwt.SigningMethodHS256, "k1", []byte(secretOne), c)
 	// The token expired 2 s ago.
 	tests := []struct {
@@ -280,10 +280,10 @@ func TestVerifyRevocation(t *testing.T) {
 
 func TestMemoryRevocationsPrune(t *testing.T) {
 	rev := NewMemoryRevocations()
-	rev.Revoke("old", testNow.Add(-time.Hour))
-	rev.Revoke("fresh", testNow.Add(time.Minute))
-	rev.Revoke("in-grace", testNow.Add(-3*time.Second))
-	if n := rev.Prune(testNow, DefaultLeeway); n != 1 {
+	rev.Revoke("old", testNow().Add(-time.Hour))
+	rev.Revoke("fresh", testNow().Add(time.Minute))
+	rev.Revoke("in-grace", testNow().Add(-3*time.Second))
+	if n := rev.Prune(testNow(), DefaultLeeway); n != 1 {
 		t.Errorf("Prune dropped %d, want 1", n)
 	}
 	for jti, want := range map[string]bool{"old": false, "fresh": true, "in-grace": true, "never": false} {
