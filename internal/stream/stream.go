@@ -225,6 +225,11 @@ func (s *Service) Serve(w http.ResponseWriter, r *http.Request, run store.Run) {
 		return
 	}
 
+	// Deferred first so that it runs last: Active()==0 means every session
+	// has also released its hub subscription.
+	s.active.Add(1)
+	defer s.active.Add(-1)
+
 	// Subscribe before the first read so that no notice can fall between
 	// the read and the wait.
 	var wake <-chan struct{}
@@ -246,8 +251,6 @@ func (s *Service) Serve(w http.ResponseWriter, r *http.Request, run store.Run) {
 		}
 	}()
 
-	s.active.Add(1)
-	defer s.active.Add(-1)
 	start := time.Now()
 	ss := &session{
 		svc:  s,

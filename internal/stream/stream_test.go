@@ -434,3 +434,47 @@ func TestPrunedWhileStreaming(t *testing.T) {
 		t.Fatalf("session %+v, want stale_cursor at 1", s)
 	}
 }
+
+// TestManyClients mirrors the original load test: 8 concurrent clients of a
+// live run each receive ids 1..6 and [DONE].
+func TestManyClients(t *testing.T) {
+	h := newHarness(t, Config{}, true, true)
+	h.st.createRun("r")
+	h.st.appendEvent("r", "run.started", `{}`)
+	const clients = 8
+	results := make(chan []string, clients)
+	errs := make(chan error, clients)
+	for i := 0; i < clients; i++ {
+		go func() {
+			var got []string
+			err := sseclient.Stream(context.Background(), h.url("r", ""), nil, "", func(e sseclient.Event) error {
+				got = append(got, ids([]sseclient.Event{e})[0])
+				return nil
+			})
+			errs <- err
+			results <- got
+		}()
+	}
+	for h.svc.Active() < clients {
+		time.Sleep(time.Millisecond)
+	}
+	for i := 0; i < 4; i++ {
+		h.st.appendEvent("r", "run.delta", `{"delta":"x"}`)
+	}
+	h.st.appendEvent("r", "run.finished", `{"status":"succeeded"}`)
+	for i := 0; i < clients; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+		if got, want := <-results, idRange(1, 6, true); !slices.Equal(got, want) {
+			t.Fatalf("client ids %v, want %v", got, want)
+		}
+	}
+	// The response ends a few statements before Serve returns.
+	for h.svc.Active() != 0 {
+		time.Sleep(time.Millisecond)
+	}
+	if n := h.hub.Subscribers(); n != 0 {
+		t.Fatalf("%d hub subscriptions leaked after all sessions ended", n)
+	}
+}
