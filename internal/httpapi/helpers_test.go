@@ -84,7 +84,7 @@ type env struct {
 
 type envOption func(*Deps)
 
-func withRoutes(rs ...Route) envOption  { return func(d *Deps) { d.Routes = append(d.Routes, rs...) } }
+func withRoutes(rs ...Route) envOption    { return func(d *Deps) { d.Routes = append(d.Routes, rs...) } }
 func withTracer(t trace.Tracer) envOption { return func(d *Deps) { d.Tracer = t } }
 
 func newEnv(t *testing.T, opts ...envOption) *env {
