@@ -207,6 +207,8 @@ func (e transitionError) Is(target error) bool { return target == store.ErrIlleg
 // reclaim wait for this append (or this append see the new generation), so a
 // fenced write can never commit after its lease was taken over. NO KEY
 // UPDATE rather than SHARE because the append then records progress on it.
+// clock_timestamp() because now() is frozen at the start of a transaction
+// that may have waited for the run's row lock.
 func checkFence(ctx context.Context, tx pgx.Tx, runID string, f store.Fence) error {
 	var (
 		state, owner string
@@ -214,7 +216,7 @@ func checkFence(ctx context.Context, tx pgx.Tx, runID string, f store.Fence) err
 		live         bool
 	)
 	err := tx.QueryRow(ctx, `
-		SELECT state, owner, generation, COALESCE(expires_at > now(), false)
+		SELECT state, owner, generation, COALESCE(expires_at > clock_timestamp(), false)
 		FROM run_leases WHERE run_id = $1 FOR NO KEY UPDATE`, runID).Scan(&state, &owner, &gen, &live)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return fmt.Errorf("%w: run has no lease", store.ErrFenced)

@@ -12,6 +12,10 @@ import (
 	"github.com/oaruntime/oaruntime/internal/store"
 )
 
+// Lease times use clock_timestamp(), not now(): now() is frozen at
+// transaction start, which after a lock wait would understate expiries and
+// count a just-expired lease as live.
+
 // Lease row states. "free": never leased; "held": a holder has it (live
 // until expires_at); "released": given up by its holder; "reclaimed": the
 // janitor took it from a holder whose lease expired.
@@ -56,7 +60,7 @@ func (s *Store) AcquireLease(ctx context.Context, runID, owner string, ttl time.
 			exp           time.Time
 		)
 		err := tx.QueryRow(ctx, `
-			SELECT state, owner, generation, COALESCE(expires_at > now(), false), COALESCE(expires_at, now())
+			SELECT state, owner, generation, COALESCE(expires_at > clock_timestamp(), false), COALESCE(expires_at, clock_timestamp())
 			FROM run_leases WHERE run_id = $1 FOR UPDATE`, runID).Scan(&state, &holder, &gen, &live, &exp)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return store.ErrNotFound
@@ -82,8 +86,8 @@ func (s *Store) AcquireLease(ctx context.Context, runID, owner string, ttl time.
 		}
 		err = tx.QueryRow(ctx, `
 			UPDATE run_leases SET state = 'held', owner = $2, generation = $3,
-				expires_at = now() + $4 * interval '1 microsecond', heartbeat_at = now(),
-				acquired_at = CASE WHEN $5 THEN acquired_at ELSE now() END
+				expires_at = clock_timestamp() + $4 * interval '1 microsecond', heartbeat_at = clock_timestamp(),
+				acquired_at = CASE WHEN $5 THEN acquired_at ELSE clock_timestamp() END
 			WHERE run_id = $1 RETURNING expires_at`,
 			runID, owner, gen, us, grant.Result == store.LeaseRenewed).Scan(&exp)
 		if err != nil {
@@ -112,7 +116,7 @@ func (s *Store) RenewLease(ctx context.Context, l store.Lease, ttl time.Duration
 	}
 	var exp time.Time
 	err = s.pool.QueryRow(ctx, `
-		UPDATE run_leases SET expires_at = now() + $4 * interval '1 microsecond', heartbeat_at = now()
+		UPDATE run_leases SET expires_at = clock_timestamp() + $4 * interval '1 microsecond', heartbeat_at = clock_timestamp()
 		WHERE run_id = $1 AND owner = $2 AND generation = $3 AND state = 'held'
 		RETURNING expires_at`, l.RunID, l.Owner, l.Generation, us).Scan(&exp)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -131,7 +135,7 @@ func (s *Store) ReleaseLease(ctx context.Context, l store.Lease) error {
 		return nil // such a lease cannot exist
 	}
 	_, err := s.pool.Exec(ctx, `
-		UPDATE run_leases SET state = 'released', expires_at = now()
+		UPDATE run_leases SET state = 'released', expires_at = clock_timestamp()
 		WHERE run_id = $1 AND owner = $2 AND generation = $3 AND state = 'held'`,
 		l.RunID, l.Owner, l.Generation)
 	if err != nil {
@@ -170,7 +174,7 @@ func (s *Store) ClaimRunnable(ctx context.Context, owner string, ttl time.Durati
 			FOR UPDATE OF l SKIP LOCKED
 		)
 		UPDATE run_leases l SET state = 'held', owner = $1, generation = l.generation + 1,
-			expires_at = now() + $3 * interval '1 microsecond', heartbeat_at = now(), acquired_at = now()
+			expires_at = clock_timestamp() + $3 * interval '1 microsecond', heartbeat_at = clock_timestamp(), acquired_at = clock_timestamp()
 		FROM cand WHERE l.run_id = cand.run_id
 		RETURNING l.run_id, l.owner, l.generation, l.expires_at, cand.prev_state = 'reclaimed'`, owner, limit, us)
 	if err != nil {
