@@ -1,0 +1,467 @@
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/oaruntime/oaruntime/internal/runs"
+	"github.com/oaruntime/oaruntime/internal/store"
+)
+
+var _ store.ProjectionStore = (*Store)(nil)
+
+// LoadRunLog implements store.ProjectionStore. A REPEATABLE READ read-only
+// transaction makes the run row and its events one snapshot.
+func (s *Store) LoadRunLog(ctx context.Context, runID string) (store.Run, []store.Event, error) {
+	if !storable(runID) {
+		return store.Run{}, nil, fmt.Errorf("postgres: load run log %q: %w", runID, store.ErrNotFound)
+	}
+	var (
+		run store.Run
+		evs []store.Event
+	)
+	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		var err error
+		run, err = scanRun(tx.QueryRow(ctx, `SELECT `+runCols+` FROM runs WHERE run_id = $1`, runID))
+		if errors.Is(err, pgx.ErrNoRows) {
+			return store.ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, `SELECT `+eventCols+` FROM run_events
+			WHERE run_id = $1 AND seq <= $2 ORDER BY seq`, runID, run.LatestSeq)
+		if err != nil {
+			return err
+		}
+		evs, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.Event, error) { return scanEvent(r) })
+		return err
+	})
+	if err != nil {
+		return store.Run{}, nil, fmt.Errorf("postgres: load run log %s: %w", runID, err)
+	}
+	return run, evs, nil
+}
+
+func checkWriteInput(in store.ProjectionWriteInput) error {
+	switch {
+	case in.Projection != store.ProjectionRun && in.Projection != store.ProjectionCodexWorker:
+		return fmt.Errorf("projection must be run or codex_worker, got %q", in.Projection)
+	case in.EntityID == "":
+		return errors.New("entity_id is required")
+	case in.Topic == "":
+		return errors.New("topic is required")
+	case in.DocKey == "":
+		return errors.New("doc_key is required")
+	case in.Version == "":
+		return errors.New("projection_version is required")
+	case in.SourceSeq < 0:
+		return fmt.Errorf("runtime_source.seq must be >= 0, got %d", in.SourceSeq)
+	case len(in.Hash) != 64:
+		return fmt.Errorf("summary_hash must be 64 hex characters, got %d", len(in.Hash))
+	}
+	return checkText("entity_id", in.EntityID, "topic", in.Topic, "doc_key", in.DocKey,
+		"owner_sub", in.OwnerSub, "projection_version", in.Version, "summary_hash", in.Hash)
+}
+
+// WriteProjection implements store.ProjectionStore. Locks are taken in one
+// order (checkpoint row, then the topic's watermark row) by every writer.
+func (s *Store) WriteProjection(ctx context.Context, in store.ProjectionWriteInput) (int64, error) {
+	if err := checkWriteInput(in); err != nil {
+		return 0, fmt.Errorf("postgres: write projection: %w", err)
+	}
+	doc, err := runs.CanonicalizeRaw(in.Doc)
+	if err != nil {
+		return 0, fmt.Errorf("postgres: write projection %s/%s: doc: %w", in.Projection, in.EntityID, err)
+	}
+	var wm int64
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if !in.Force {
+			var cur int64
+			err := tx.QueryRow(ctx, `SELECT last_seq FROM khala_projection_checkpoints
+				WHERE projection = $1 AND entity_id = $2 FOR UPDATE`, in.Projection, in.EntityID).Scan(&cur)
+			switch {
+			case errors.Is(err, pgx.ErrNoRows):
+				cur = -1
+			case err != nil:
+				return err
+			}
+			if cur != in.ExpectSeq {
+				return fmt.Errorf("checkpoint is at %d, writer expected %d: %w", cur, in.ExpectSeq, store.ErrConflict)
+			}
+		}
+		if err := tx.QueryRow(ctx, `INSERT INTO khala_topic_watermarks (topic, last_watermark) VALUES ($1, 1)
+			ON CONFLICT (topic) DO UPDATE SET last_watermark = khala_topic_watermarks.last_watermark + 1
+			RETURNING last_watermark`, in.Topic).Scan(&wm); err != nil {
+			return fmt.Errorf("allocate watermark: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO khala_documents
+			(topic, doc_key, owner_sub, projection_version, runtime_source_seq, summary_hash, payload, updated_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, now())
+			ON CONFLICT (topic, doc_key) DO UPDATE SET owner_sub = excluded.owner_sub,
+				projection_version = excluded.projection_version, runtime_source_seq = excluded.runtime_source_seq,
+				summary_hash = excluded.summary_hash, payload = excluded.payload, updated_at = excluded.updated_at`,
+			in.Topic, in.DocKey, in.OwnerSub, in.Version, in.SourceSeq, in.Hash, string(doc)); err != nil {
+			return fmt.Errorf("upsert document: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO khala_stream_events
+			(topic, watermark, doc_key, owner_sub, doc_version, payload, payload_hash)
+			VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+			in.Topic, wm, in.DocKey, in.OwnerSub, in.SourceSeq, string(doc), runs.PayloadHash(doc)); err != nil {
+			return fmt.Errorf("append stream row: %w", err)
+		}
+		// The WHERE catches a checkpoint inserted concurrently after our
+		// "no checkpoint" read (the row lock above cannot cover a missing row).
+		tag, err := tx.Exec(ctx, `INSERT INTO khala_projection_checkpoints
+			(projection, entity_id, doc_key, last_seq, summary_hash, projection_version, updated_at)
+			VALUES ($1, $2, $3, $4, $5, $6, now())
+			ON CONFLICT (projection, entity_id) DO UPDATE SET doc_key = excluded.doc_key,
+				last_seq = excluded.last_seq, summary_hash = excluded.summary_hash,
+				projection_version = excluded.projection_version, updated_at = excluded.updated_at
+			WHERE $7 OR khala_projection_checkpoints.last_seq = $8`,
+			in.Projection, in.EntityID, in.DocKey, in.SourceSeq, in.Hash, in.Version, in.Force, in.ExpectSeq)
+		if err != nil {
+			return fmt.Errorf("upsert checkpoint: %w", err)
+		}
+		if tag.RowsAffected() == 0 {
+			return fmt.Errorf("checkpoint created concurrently: %w", store.ErrConflict)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("postgres: write projection %s/%s: %w", in.Projection, in.EntityID, err)
+	}
+	return wm, nil
+}
+
+const checkpointCols = `projection, entity_id, doc_key, last_seq, summary_hash, projection_version, updated_at`
+
+func scanCheckpoint(row pgx.Row) (store.Checkpoint, error) {
+	var c store.Checkpoint
+	if err := row.Scan(&c.Projection, &c.EntityID, &c.DocKey, &c.LastSeq, &c.SummaryHash, &c.ProjectionVersion, &c.UpdatedAt); err != nil {
+		return store.Checkpoint{}, err
+	}
+	c.UpdatedAt = c.UpdatedAt.UTC()
+	return c, nil
+}
+
+// GetCheckpoint implements store.ProjectionStore.
+func (s *Store) GetCheckpoint(ctx context.Context, projection, entityID string) (store.Checkpoint, error) {
+	if !storable(projection) || !storable(entityID) {
+		return store.Checkpoint{}, fmt.Errorf("postgres: checkpoint %q/%q: %w", projection, entityID, store.ErrNotFound)
+	}
+	c, err := scanCheckpoint(s.pool.QueryRow(ctx, `SELECT `+checkpointCols+`
+		FROM khala_projection_checkpoints WHERE projection = $1 AND entity_id = $2`, projection, entityID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return store.Checkpoint{}, fmt.Errorf("postgres: checkpoint %s/%s: %w", projection, entityID, store.ErrNotFound)
+	}
+	if err != nil {
+		return store.Checkpoint{}, fmt.Errorf("postgres: checkpoint %s/%s: %w", projection, entityID, err)
+	}
+	return c, nil
+}
+
+// ListCheckpoints implements store.ProjectionStore.
+func (s *Store) ListCheckpoints(ctx context.Context, projection string, limit int) ([]store.Checkpoint, error) {
+	if limit <= 0 {
+		limit = 100
+	}
+	if !storable(projection) {
+		return nil, nil
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+checkpointCols+` FROM khala_projection_checkpoints
+		WHERE projection = $1 ORDER BY updated_at DESC, entity_id LIMIT $2`, projection, limit)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: list checkpoints: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.Checkpoint, error) { return scanCheckpoint(r) })
+	if err != nil {
+		return nil, fmt.Errorf("postgres: list checkpoints: %w", err)
+	}
+	return out, nil
+}
+
+// GetDocument implements store.ProjectionStore.
+func (s *Store) GetDocument(ctx context.Context, topic, docKey string) (store.ProjectionDocument, error) {
+	if !storable(topic) || !storable(docKey) {
+		return store.ProjectionDocument{}, fmt.Errorf("postgres: document %q/%q: %w", topic, docKey, store.ErrNotFound)
+	}
+	var (
+		d       store.ProjectionDocument
+		payload []byte
+	)
+	err := s.pool.QueryRow(ctx, `SELECT topic, doc_key, owner_sub, projection_version,
+		runtime_source_seq, summary_hash, payload, updated_at
+		FROM khala_documents WHERE topic = $1 AND doc_key = $2`, topic, docKey).
+		Scan(&d.Topic, &d.DocKey, &d.OwnerSub, &d.ProjectionVersion, &d.SourceSeq, &d.SummaryHash, &payload, &d.UpdatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return store.ProjectionDocument{}, fmt.Errorf("postgres: document %s/%s: %w", topic, docKey, store.ErrNotFound)
+	}
+	if err != nil {
+		return store.ProjectionDocument{}, fmt.Errorf("postgres: document %s/%s: %w", topic, docKey, err)
+	}
+	d.Payload = json.RawMessage(payload)
+	d.UpdatedAt = d.UpdatedAt.UTC()
+	return d, nil
+}
+
+// ReadStream implements store.ProjectionStore. limit <= 0 means 200.
+func (s *Store) ReadStream(ctx context.Context, topic string, after int64, limit int) ([]store.StreamRow, error) {
+	if limit <= 0 {
+		limit = 200
+	}
+	if !storable(topic) {
+		return nil, nil
+	}
+	rows, err := s.pool.Query(ctx, `SELECT topic, watermark, doc_key, owner_sub, doc_version,
+		payload, payload_hash, created_at FROM khala_stream_events
+		WHERE topic = $1 AND watermark > $2 ORDER BY watermark LIMIT $3`, topic, after, limit)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: read stream %s: %w", topic, err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (store.StreamRow, error) {
+		var (
+			r       store.StreamRow
+			payload []byte
+		)
+		err := row.Scan(&r.Topic, &r.Watermark, &r.DocKey, &r.OwnerSub, &r.DocVersion, &payload, &r.PayloadHash, &r.CreatedAt)
+		r.Payload = json.RawMessage(payload)
+		r.CreatedAt = r.CreatedAt.UTC()
+		return r, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("postgres: read stream %s: %w", topic, err)
+	}
+	return out, nil
+}
+
+// ProjectionCandidates implements store.ProjectionStore.
+func (s *Store) ProjectionCandidates(ctx context.Context, q store.CandidateQuery) ([]store.ProjectionCandidate, error) {
+	if q.Limit <= 0 {
+		q.Limit = 100
+	}
+	var since *time.Time
+	if !q.UpdatedSince.IsZero() {
+		t := q.UpdatedSince.UTC()
+		since = &t
+	}
+	rows, err := s.pool.Query(ctx, `SELECT r.run_id, r.latest_seq, c.last_seq
+		FROM runs r LEFT JOIN khala_projection_checkpoints c
+			ON c.projection = 'run' AND c.entity_id = r.run_id
+		WHERE ($1::timestamptz IS NULL OR r.updated_at >= $1)
+			AND (c.entity_id IS NULL OR c.last_seq <> r.latest_seq OR c.projection_version <> $2)
+		ORDER BY r.updated_at, r.run_id LIMIT $3`, since, q.Version, q.Limit)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: projection candidates: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (store.ProjectionCandidate, error) {
+		var (
+			c  store.ProjectionCandidate
+			cp *int64
+		)
+		err := row.Scan(&c.EntityID, &c.LatestSeq, &cp)
+		if cp != nil {
+			c.HasCheckpoint, c.CheckpointSeq = true, *cp
+		}
+		return c, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("postgres: projection candidates: %w", err)
+	}
+	return out, nil
+}
+
+// ListRunIDs implements store.ProjectionStore.
+func (s *Store) ListRunIDs(ctx context.Context, after string, limit int) ([]string, error) {
+	if limit <= 0 {
+		limit = 100
+	}
+	if !storable(after) {
+		return nil, fmt.Errorf("postgres: list run ids: cursor contains NUL or invalid UTF-8")
+	}
+	rows, err := s.pool.Query(ctx, `SELECT run_id FROM runs WHERE run_id > $1 ORDER BY run_id LIMIT $2`, after, limit)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: list run ids: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("postgres: list run ids: %w", err)
+	}
+	return out, nil
+}
+
+func detailOrEmpty(b []byte) (string, error) {
+	if len(strings.TrimSpace(string(b))) == 0 {
+		return "{}", nil
+	}
+	c, err := runs.CanonicalizeRaw(b)
+	if err != nil {
+		return "", fmt.Errorf("detail: %w", err)
+	}
+	if !storable(string(c)) {
+		return "", errors.New("detail contains NUL or invalid UTF-8")
+	}
+	return string(c), nil
+}
+
+const driftCols = `id, projection, entity_id, reason_class, detail, origin, counted, created_at`
+
+func scanDrift(row pgx.Row) (store.DriftIncident, error) {
+	var (
+		d      store.DriftIncident
+		detail []byte
+	)
+	if err := row.Scan(&d.ID, &d.Projection, &d.EntityID, &d.ReasonClass, &detail, &d.Origin, &d.Counted, &d.CreatedAt); err != nil {
+		return store.DriftIncident{}, err
+	}
+	d.Detail = json.RawMessage(detail)
+	d.CreatedAt = d.CreatedAt.UTC()
+	return d, nil
+}
+
+// RecordDrift implements store.ProjectionStore.
+func (s *Store) RecordDrift(ctx context.Context, d store.DriftIncident) (store.DriftIncident, error) {
+	if d.ReasonClass == "" {
+		return store.DriftIncident{}, errors.New("postgres: record drift: reason_class is required")
+	}
+	if err := checkText("projection", d.Projection, "entity_id", d.EntityID, "reason_class", d.ReasonClass, "origin", d.Origin); err != nil {
+		return store.DriftIncident{}, fmt.Errorf("postgres: record drift: %w", err)
+	}
+	detail, err := detailOrEmpty(d.Detail)
+	if err != nil {
+		return store.DriftIncident{}, fmt.Errorf("postgres: record drift: %w", err)
+	}
+	out, err := scanDrift(s.pool.QueryRow(ctx, `INSERT INTO khala_drift_incidents
+		(projection, entity_id, reason_class, detail, origin, counted)
+		VALUES ($1, $2, $3, $4, $5, $6) RETURNING `+driftCols,
+		d.Projection, d.EntityID, d.ReasonClass, detail, d.Origin, d.Counted))
+	if err != nil {
+		return store.DriftIncident{}, fmt.Errorf("postgres: record drift: %w", err)
+	}
+	return out, nil
+}
+
+// ListDrift implements store.ProjectionStore.
+func (s *Store) ListDrift(ctx context.Context, q store.DriftQuery) ([]store.DriftIncident, error) {
+	if q.Limit <= 0 {
+		q.Limit = 100
+	}
+	if !storable(q.ReasonClass) || !storable(q.EntityID) {
+		return nil, nil
+	}
+	order := "DESC"
+	if q.AfterID > 0 {
+		order = "ASC"
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+driftCols+` FROM khala_drift_incidents
+		WHERE id > $1 AND ($2 = '' OR reason_class = $2) AND ($3 = '' OR entity_id = $3)
+		ORDER BY id `+order+` LIMIT $4`, q.AfterID, q.ReasonClass, q.EntityID, q.Limit)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: list drift: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.DriftIncident, error) { return scanDrift(r) })
+	if err != nil {
+		return nil, fmt.Errorf("postgres: list drift: %w", err)
+	}
+	return out, nil
+}
+
+// ClaimUncountedDrift implements store.ProjectionStore. SKIP LOCKED lets
+// replicas claim disjoint rows without waiting for each other.
+func (s *Store) ClaimUncountedDrift(ctx context.Context, limit int) ([]store.DriftIncident, error) {
+	if limit <= 0 {
+		limit = 100
+	}
+	rows, err := s.pool.Query(ctx, `UPDATE khala_drift_incidents SET counted = true
+		WHERE id IN (SELECT id FROM khala_drift_incidents WHERE NOT counted ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+		RETURNING `+driftCols, limit)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: claim drift: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.DriftIncident, error) { return scanDrift(r) })
+	if err != nil {
+		return nil, fmt.Errorf("postgres: claim drift: %w", err)
+	}
+	return out, nil
+}
+
+const replayCols = `id, scope, entity_id, result, error, duration_us, origin, counted, created_at`
+
+func scanReplay(row pgx.Row) (store.ReplayResult, error) {
+	var (
+		r  store.ReplayResult
+		us int64
+	)
+	if err := row.Scan(&r.ID, &r.Scope, &r.EntityID, &r.Result, &r.Error, &us, &r.Origin, &r.Counted, &r.CreatedAt); err != nil {
+		return store.ReplayResult{}, err
+	}
+	r.Duration = time.Duration(us) * time.Microsecond
+	r.CreatedAt = r.CreatedAt.UTC()
+	return r, nil
+}
+
+// RecordReplay implements store.ProjectionStore.
+func (s *Store) RecordReplay(ctx context.Context, r store.ReplayResult) (store.ReplayResult, error) {
+	if r.Result != store.ReplayOK && r.Result != store.ReplayError {
+		return store.ReplayResult{}, fmt.Errorf("postgres: record replay: result must be ok or error, got %q", r.Result)
+	}
+	if !storable(r.Error) {
+		r.Error = strings.ToValidUTF8(strings.ReplaceAll(r.Error, "\x00", ""), "?")
+	}
+	if err := checkText("scope", r.Scope, "entity_id", r.EntityID, "origin", r.Origin); err != nil {
+		return store.ReplayResult{}, fmt.Errorf("postgres: record replay: %w", err)
+	}
+	out, err := scanReplay(s.pool.QueryRow(ctx, `INSERT INTO khala_replays
+		(scope, entity_id, result, error, duration_us, origin, counted)
+		VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING `+replayCols,
+		r.Scope, r.EntityID, r.Result, r.Error, r.Duration.Microseconds(), r.Origin, r.Counted))
+	if err != nil {
+		return store.ReplayResult{}, fmt.Errorf("postgres: record replay: %w", err)
+	}
+	return out, nil
+}
+
+// ListReplays implements store.ProjectionStore.
+func (s *Store) ListReplays(ctx context.Context, afterID int64, limit int) ([]store.ReplayResult, error) {
+	if limit <= 0 {
+		limit = 100
+	}
+	order := "DESC"
+	if afterID > 0 {
+		order = "ASC"
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+replayCols+` FROM khala_replays
+		WHERE id > $1 ORDER BY id `+order+` LIMIT $2`, afterID, limit)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: list replays: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.ReplayResult, error) { return scanReplay(r) })
+	if err != nil {
+		return nil, fmt.Errorf("postgres: list replays: %w", err)
+	}
+	return out, nil
+}
+
+// ClaimUncountedReplays implements store.ProjectionStore.
+func (s *Store) ClaimUncountedReplays(ctx context.Context, limit int) ([]store.ReplayResult, error) {
+	if limit <= 0 {
+		limit = 100
+	}
+	rows, err := s.pool.Query(ctx, `UPDATE khala_replays SET counted = true
+		WHERE id IN (SELECT id FROM khala_replays WHERE NOT counted ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+		RETURNING `+replayCols, limit)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: claim replays: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.ReplayResult, error) { return scanReplay(r) })
+	if err != nil {
+		return nil, fmt.Errorf("postgres: claim replays: %w", err)
+	}
+	return out, nil
+}
