@@ -2,6 +2,15 @@
 // section 6): resumable from any cursor, woken by store notices through the
 // notify hub, and always re-reading the log so that a lost notice only delays
 // an event.
+//
+// Request parameters (see Service.Serve):
+//
+//	?cursor=N / Last-Event-ID: N   resume after seq N (digits only, >= 0; equal when both given; default 0)
+//	?tail_ms=N                      idle window for this session in ms (integer >= 1), clamped to
+//	                                [Config.MinTail, Config.MaxTail] (defaults 1 s, 10 min); without it
+//	                                Config.IdleTimeout (default 60 s). Unlike the original runtime, whose
+//	                                tail_ms was a fixed session length, the window restarts after every
+//	                                event, so a busy run is never cut off.
 package stream
 
 import (
