@@ -33,10 +33,27 @@ type AlertCase struct {
 	Evals  []Eval
 }
 
-// Series is a promtool input series in expanding notation ("0+6x30").
+// Series is a promtool input series: either Values in expanding notation
+// ("_x13 1x15") or, for a counter, an increment per sample.
 type Series struct {
 	Selector string
 	Values   string
+	// PerSample and Samples describe a counter growing from 0. Kept apart
+	// from Values so a time-scaled run can scale the increment and keep every
+	// rate (per second) the same.
+	PerSample float64
+	Samples   int
+}
+
+func (s Series) values(divisor int) string {
+	if s.Values != "" {
+		return s.Values
+	}
+	inc := s.PerSample
+	if divisor > 1 {
+		inc /= float64(divisor)
+	}
+	return fmt.Sprintf("0+%sx%d", strconv.FormatFloat(inc, 'g', -1, 64), s.Samples)
 }
 
 // Eval expects exactly the listed alert instances firing at At.
@@ -59,7 +76,7 @@ const (
 
 // counter is a counter growing by perMinute per 1m sample, for steps samples.
 func counter(sel string, perMinute float64, steps int) Series {
-	return Series{Selector: sel, Values: fmt.Sprintf("0+%sx%d", strconv.FormatFloat(perMinute, 'g', -1, 64), steps)}
+	return Series{Selector: sel, PerSample: perMinute, Samples: steps}
 }
 
 func fires(at time.Duration, value string, labels ...string) Eval {
@@ -101,7 +118,7 @@ func AlertCases() []AlertCase {
 		return counter(lbl(telemetry.ToolLifecycle, `tool="`+name+`"`, `phase="`+phase+`"`, `result="`+result+`"`), perMinute, 30)
 	}
 	breaker := func(provider, state, values string) Series {
-		return Series{lbl(telemetry.ProviderBreakerState, `provider="`+provider+`"`, `state="`+state+`"`), values}
+		return Series{Selector: lbl(telemetry.ProviderBreakerState, `provider="`+provider+`"`, `state="`+state+`"`), Values: values}
 	}
 	policy := func(decision, reason string, perMinute float64) Series {
 		return counter(lbl(telemetry.PolicyDecisions, `decision="`+decision+`"`, `reason="`+reason+`"`), perMinute, 30)
@@ -113,10 +130,10 @@ func AlertCases() []AlertCase {
 		return counter(lbl(telemetry.KhalaProjectionWriteFailures, `projection="run_summary"`, `reason_class="khala_error"`), perMinute, 30)
 	}
 	drift := func(reason, instance, values string) Series {
-		return Series{selector(telemetry.KhalaProjectionDriftIncidents, `projection="run_summary"`, `reason_class="`+reason+`"`, job, `instance="`+instance+`"`), values}
+		return Series{Selector: selector(telemetry.KhalaProjectionDriftIncidents, `projection="run_summary"`, `reason_class="`+reason+`"`, job, `instance="`+instance+`"`), Values: values}
 	}
 	replay := func(result, values string) Series {
-		return Series{lbl(telemetry.KhalaProjectionReplays, `scope="run"`, `result="`+result+`"`), values}
+		return Series{Selector: lbl(telemetry.KhalaProjectionReplays, `scope="run"`, `result="`+result+`"`), Values: values}
 	}
 	mint := func(result, class string, perMinute float64) Series {
 		return counter(lbl(telemetry.KhalaTokenMint, `result="`+result+`"`, `failure_class="`+class+`"`), perMinute, 40)
@@ -353,24 +370,35 @@ type promtoolExpAlert struct {
 // PromtoolTests renders the promtool unit test file of the committed rule
 // file (RuleFilePath, referenced relative to the test file).
 func PromtoolTests() ([]byte, error) {
+	return PromtoolTestsFor(Options{}, "../runtime-alert-rules.rules.yml")
+}
+
+// PromtoolTestsFor renders the same cases for rules generated with o, read
+// from ruleFile. With a TimeDivisor, samples come every 1m/divisor, eval
+// times shrink by the divisor and counter increments too (so rates per
+// second, ratios, quantiles and counts are unchanged): the scaled rules must
+// pass the very cases the production rules pass.
+func PromtoolTestsFor(o Options, ruleFile string) ([]byte, error) {
+	div := max(o.TimeDivisor, 1)
 	byName := map[string]Alert{}
-	for _, a := range Alerts(Options{}) {
+	for _, a := range Alerts(o) {
 		byName[a.Name] = a
 	}
 	// Rules evaluate every 30s against 1m samples, so some evaluations fall
 	// between samples, where increase() extrapolates (see the drift cases).
-	f := promtoolFile{RuleFiles: []string{"../runtime-alert-rules.rules.yml"}, EvaluationInterval: "30s"}
+	step := time.Minute / time.Duration(div)
+	f := promtoolFile{RuleFiles: []string{ruleFile}, EvaluationInterval: promDuration(step / 2)}
 	for _, c := range AlertCases() {
 		a, ok := byName[c.Alert]
 		if !ok {
 			return nil, fmt.Errorf("promtool case %q: no alert %s", c.Name, c.Alert)
 		}
-		g := promtoolGroup{Name: c.Alert + ": " + string(c.Kind) + ": " + c.Name, Interval: "1m", InputSeries: []promtoolInput{}}
+		g := promtoolGroup{Name: c.Alert + ": " + string(c.Kind) + ": " + c.Name, Interval: promDuration(step), InputSeries: []promtoolInput{}}
 		for _, s := range c.Series {
-			g.InputSeries = append(g.InputSeries, promtoolInput{Series: s.Selector, Values: s.Values})
+			g.InputSeries = append(g.InputSeries, promtoolInput{Series: s.Selector, Values: s.values(div)})
 		}
 		for _, e := range c.Evals {
-			t := promtoolAlert{EvalTime: promDuration(e.At), AlertName: a.Name, ExpAlerts: []promtoolExpAlert{}}
+			t := promtoolAlert{EvalTime: promDuration(e.At / time.Duration(div)), AlertName: a.Name, ExpAlerts: []promtoolExpAlert{}}
 			for _, fi := range e.Fires {
 				exp, err := expectedAlert(a, fi)
 				if err != nil {
