@@ -181,6 +181,11 @@ func checkText(field, v string, maxLen int) *APIError {
 	if !utf8.ValidString(v) {
 		return invalid(field, "not valid UTF-8")
 	}
+	// PostgreSQL text columns cannot hold NUL: refusing it here keeps it from
+	// becoming a store error (a 5xx) later.
+	if strings.IndexByte(v, 0) >= 0 {
+		return invalid(field, "must not contain NUL characters")
+	}
 	return nil
 }
 

@@ -142,8 +142,9 @@ type reqOpt func(*http.Request)
 
 func header(k, v string) reqOpt { return func(r *http.Request) { r.Header.Set(k, v) } }
 func noSig() reqOpt             { return func(r *http.Request) { r.Header.Del(auth.Header) } }
+// as signs each request it is applied to afresh (a new nonce every time).
 func as(sub string, mods ...func(*auth.Claims)) reqOpt {
-	return header(auth.Header, sign(sub, mods...))
+	return func(r *http.Request) { r.Header.Set(auth.Header, sign(sub, mods...)) }
 }
 
 // do sends a request signed as owner unless opts change it. body may be a

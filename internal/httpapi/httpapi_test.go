@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -616,5 +618,90 @@ func TestTraceContext(t *testing.T) {
 	}
 	if line["trace_id"] != traceID || line["route"] != "/internal/v1/runs/{run_id}/frames" || line["run_id"] != run.RunID || line["status"] != float64(202) || line["sub"] != owner {
 		t.Fatalf("log line %v", line)
+	}
+}
+
+func TestConcurrentIdempotency(t *testing.T) {
+	e := newEnv(t)
+	run := e.createRun("run-concurrent")
+	base := "/internal/v1/runs/" + run.RunID
+
+	// The same frame from 8 clients at once: one 202, the rest replays.
+	codes := make(chan int, 8)
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			codes <- e.do("POST", base+"/frames", `{"frame_id":"same","type":"user_message","payload":{"text":"hi"}}`).Code
+		}()
+	}
+	wg.Wait()
+	close(codes)
+	count := map[int]int{}
+	for c := range codes {
+		count[c]++
+	}
+	if count[http.StatusAccepted] != 1 || count[http.StatusOK] != 7 {
+		t.Fatalf("same frame: %v", count)
+	}
+
+	// Three cancels at once: one 202, two 200, exactly one event.
+	codes = make(chan int, 3)
+	for i := 0; i < 3; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			codes <- e.do("POST", base+"/cancel", nil).Code
+		}()
+	}
+	wg.Wait()
+	close(codes)
+	count = map[int]int{}
+	for c := range codes {
+		count[c]++
+	}
+	if count[http.StatusAccepted] != 1 || count[http.StatusOK] != 2 {
+		t.Fatalf("cancels: %v", count)
+	}
+	evs, err := e.st.ListEvents(t.Context(), run.RunID, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 1 || evs[0].EventType != "run.cancel_requested" {
+		t.Fatalf("events after concurrent cancels: %+v", evs)
+	}
+}
+
+func TestBodyLimitWithoutContentLength(t *testing.T) {
+	e := newEnv(t)
+	big := `{"thread_id":"` + strings.Repeat("x", DefaultMaxBodyBytes) + `"}`
+	r := httptest.NewRequestWithContext(t.Context(), "POST", "/internal/v1/runs", strings.NewReader(big))
+	r.ContentLength = -1 // chunked: only the reader limit can stop it
+	r.Header.Set(auth.Header, sign(owner))
+	w := httptest.NewRecorder()
+	e.h.ServeHTTP(w, r)
+	wantStatus(t, w, http.StatusRequestEntityTooLarge)
+	if env := decodeErr(t, w); env.Error.Code != CodePayloadTooLarge || !strings.HasPrefix(env.Error.Message, "body:") {
+		t.Fatalf("envelope %+v", env)
+	}
+}
+
+func TestUnmatchedRoutes(t *testing.T) {
+	e := newEnv(t)
+	w := e.do("GET", "/internal/v1/nothing", nil)
+	wantStatus(t, w, http.StatusNotFound)
+	if env := decodeErr(t, w); env.Error.Code != CodeNotFound {
+		t.Fatalf("envelope %+v", env)
+	}
+	w = e.do("PUT", "/internal/v1/runs/x/cancel", nil)
+	wantStatus(t, w, http.StatusMethodNotAllowed)
+	if env := decodeErr(t, w); env.Error.Code != CodeMethodNotAllowed || w.Header().Get("Allow") == "" {
+		t.Fatalf("envelope %+v allow %q", env, w.Header().Get("Allow"))
+	}
+	// Path cleaning redirects still work and carry a request id.
+	w = e.do("GET", "/internal/v1/runs/../runs/x", nil)
+	if (w.Code != http.StatusMovedPermanently && w.Code != http.StatusTemporaryRedirect) || w.Header().Get("Location") != "/internal/v1/runs/x" || w.Header().Get("x-request-id") == "" {
+		t.Fatalf("redirect %d %v", w.Code, w.Header())
 	}
 }

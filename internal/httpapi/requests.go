@@ -270,8 +270,14 @@ func validateUserMessage(p map[string]json.RawMessage) *APIError {
 	if !hasText && !hasScript {
 		return invalid("payload.text", "required for user_message (or payload.script)")
 	}
-	if hasText && rawKind(text) != "string" {
-		return invalid("payload.text", "must be a string, got %s", rawKind(text))
+	if hasText {
+		var s string
+		if json.Unmarshal(text, &s) != nil {
+			return invalid("payload.text", "must be a string, got %s", rawKind(text))
+		}
+		if aerr := checkText("payload.text", s, DefaultMaxBodyBytes); aerr != nil {
+			return aerr
+		}
 	}
 	if !hasScript {
 		return nil
@@ -342,11 +348,39 @@ func (q *eventRequest) validate() *APIError {
 	if aerr := wantObject("payload", q.Payload); aerr != nil {
 		return aerr
 	}
+	if q.EventType == "run.finished" {
+		if aerr := checkFinished(q.Payload); aerr != nil {
+			return aerr
+		}
+	}
 	clean, err := runs.SanitizeJSON(q.Payload)
 	if err != nil {
 		return invalid("payload", "%v", err)
 	}
 	q.Payload = clean
+	return nil
+}
+
+// checkFinished checks the run.finished fields that the store copies into
+// the run row's text columns.
+func checkFinished(payload json.RawMessage) *APIError {
+	var p map[string]json.RawMessage
+	if aerr := decodeStrict(payload, &p, "payload"); aerr != nil {
+		return aerr
+	}
+	for _, k := range []string{"status", "reason_class", "reason"} {
+		v, ok := p[k]
+		if !ok || !present(v) {
+			continue
+		}
+		var s string
+		if json.Unmarshal(v, &s) != nil {
+			return invalid("payload."+k, "must be a string, got %s", rawKind(v))
+		}
+		if aerr := checkText("payload."+k, s, MaxReasonLen); aerr != nil {
+			return aerr
+		}
+	}
 	return nil
 }
 
