@@ -142,6 +142,7 @@ type reqOpt func(*http.Request)
 
 func header(k, v string) reqOpt { return func(r *http.Request) { r.Header.Set(k, v) } }
 func noSig() reqOpt             { return func(r *http.Request) { r.Header.Del(auth.Header) } }
+
 // as signs each request it is applied to afresh (a new nonce every time).
 func as(sub string, mods ...func(*auth.Claims)) reqOpt {
 	return func(r *http.Request) { r.Header.Set(auth.Header, sign(sub, mods...)) }
