@@ -705,3 +705,12 @@ func TestUnmatchedRoutes(t *testing.T) {
 		t.Fatalf("redirect %d %v", w.Code, w.Header())
 	}
 }
+
+func TestOversizedBodyIsLabelledByRoute(t *testing.T) {
+	e := newEnv(t)
+	w := e.do("POST", "/internal/v1/runs", strings.Repeat(" ", DefaultMaxBodyBytes+1))
+	wantStatus(t, w, http.StatusRequestEntityTooLarge)
+	if n := e.httpCount("/internal/v1/runs", "POST", "4xx"); n != 1 {
+		t.Fatalf("413 counted under the route %v times, want 1", n)
+	}
+}

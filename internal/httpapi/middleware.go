@@ -142,6 +142,12 @@ func (a *api) observe(next http.Handler) http.Handler {
 		sw := &statusWriter{ResponseWriter: w}
 		r = r.WithContext(ctx)
 		if r.ContentLength > a.maxBody {
+			// Refused before routing; still label it by its route.
+			if _, p := a.mux.Handler(r); p != "" {
+				if _, ok := a.patterns[p]; ok {
+					ri.pattern = p
+				}
+			}
 			writeAPIError(sw, errf(http.StatusRequestEntityTooLarge, CodePayloadTooLarge, "body: larger than %d bytes", a.maxBody))
 		} else {
 			if r.Body != nil {
