@@ -137,7 +137,7 @@ func New(d Deps) http.Handler {
 		pats = append(pats, p)
 	}
 	a.metrics.AllowRoutes(pats...)
-	return a.observe(a.mux)
+	return a.observe()
 }
 
 // handle registers pattern. The wrapper records the pattern for the metric,

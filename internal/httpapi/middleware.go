@@ -123,7 +123,7 @@ func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // observe is the outermost middleware: request id, W3C trace context and the
 // server span, panic recovery, body limit, then one log line and one metric
 // per request.
-func (a *api) observe(next http.Handler) http.Handler {
+func (a *api) observe() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		ri := &reqInfo{requestID: r.Header.Get(RequestIDHeader)}
@@ -133,7 +133,7 @@ func (a *api) observe(next http.Handler) http.Handler {
 		w.Header().Set(RequestIDHeader, ri.requestID)
 
 		ctx := a.propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
-		ctx, span := a.tracer.Start(ctx, "HTTP "+r.Method, trace.WithSpanKind(trace.SpanKindServer),
+		ctx, span := a.tracer.Start(ctx, metricMethod(r.Method), trace.WithSpanKind(trace.SpanKindServer),
 			trace.WithAttributes(attribute.String("http.request.method", r.Method), attribute.String("url.path", r.URL.Path)))
 		ctx = context.WithValue(ctx, reqInfoKey{}, ri)
 		ctx = telemetry.WithRequestID(ctx, ri.requestID)
@@ -166,7 +166,7 @@ func (a *api) observe(next http.Handler) http.Handler {
 		route := routeLabel(ri.pattern)
 		name := ri.pattern // "POST /internal/v1/runs/{run_id}/frames": method and route
 		if name == "" {
-			name = r.Method + " " + UnmatchedRoute
+			name = metricMethod(r.Method) + " " + UnmatchedRoute
 		}
 		span.SetName(name)
 		span.SetAttributes(attribute.String("http.route", route), attribute.Int("http.response.status_code", status))
@@ -183,7 +183,7 @@ func (a *api) observe(next http.Handler) http.Handler {
 		attrs := []slog.Attr{
 			slog.String("method", r.Method),
 			slog.String("route", route),
-			slog.String("path", r.URL.Path),
+			slog.String("path", truncate(r.URL.Path, 512)),
 			slog.Int("status", status),
 			slog.Float64("duration_ms", float64(d.Microseconds())/1000),
 			slog.Int64("bytes", sw.bytes),
@@ -302,6 +302,13 @@ func routeLabel(pattern string) string {
 		return strings.TrimSpace(pattern[i+1:])
 	}
 	return pattern
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }
 
 // metricMethod keeps the method label in a closed set.
