@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 
+	"github.com/oaruntime/oaruntime/internal/breaker"
 	"github.com/oaruntime/oaruntime/internal/notify"
 	"github.com/oaruntime/oaruntime/internal/provider"
 	"github.com/oaruntime/oaruntime/internal/store"
@@ -49,8 +50,9 @@ func (c *Config) defaults() {
 	}
 }
 
-// ProviderFunc picks the model provider for a run (from run.Provider).
-type ProviderFunc func(run store.Run) (provider.Provider, error)
+// ProviderFunc returns the model provider called name for a run (name is
+// the run's provider.name, or its fallback).
+type ProviderFunc func(run store.Run, name string) (provider.Provider, error)
 
 // Deps are the executor's collaborators.
 type Deps struct {
@@ -61,6 +63,8 @@ type Deps struct {
 	Tracer    trace.Tracer
 	Providers ProviderFunc
 	Tools     *tools.Registry
+	// Breakers guard model calls per provider; nil uses a default registry.
+	Breakers *breaker.Registry
 }
 
 // Executor is the per-node run executor service.
@@ -90,6 +94,9 @@ func New(cfg Config, d Deps) *Executor {
 	}
 	if d.Providers == nil {
 		d.Providers = DefaultProviders
+	}
+	if d.Breakers == nil {
+		d.Breakers = breaker.NewRegistry(breaker.Config{}, d.Metrics)
 	}
 	if d.Tools == nil {
 		d.Tools = tools.NewRegistry(tools.Echo{}, tools.Sleep{})
@@ -272,17 +279,32 @@ func (e *Executor) keepLease(ctx context.Context, l store.Lease, cancel context.
 	}
 }
 
-// DefaultProviders resolves run.Provider to the built-in scripted provider
-// with the run's fault settings. Other providers are wired by the server.
-func DefaultProviders(run store.Run) (provider.Provider, error) {
+// ScriptedNames are the names under which the built-in scripted provider
+// answers; each has its own circuit breaker, so that tests and the load
+// generator can fail one "provider" and fall back to another.
+var scriptedNames = map[string]bool{"scripted": true, "scripted-primary": true, "scripted-fallback": true}
+
+// ScriptedProviderNames lists them (for the metric label allowlist).
+func ScriptedProviderNames() []string {
+	return []string{"scripted", "scripted-primary", "scripted-fallback"}
+}
+
+// DefaultProviders resolves a provider name to the built-in scripted
+// provider; the run's fault settings apply to its primary provider only, so
+// a fallback is healthy. Other providers are wired by the server.
+func DefaultProviders(run store.Run, name string) (provider.Provider, error) {
 	spec, err := ParseProviderSpec(run.Provider)
 	if err != nil {
 		return nil, err
 	}
-	if spec.Name != "" && spec.Name != "scripted" {
-		return nil, &provider.Error{Class: "provider_unavailable", Err: errors.New("unknown provider " + spec.Name)}
+	if !scriptedNames[name] {
+		return nil, &provider.Error{Class: "provider_unavailable", Err: errors.New("unknown provider " + name)}
 	}
-	return &provider.Scripted{Faults: spec.Faults}, nil
+	p := &provider.Scripted{}
+	if name == spec.primary() {
+		p.Faults = spec.Faults
+	}
+	return p, nil
 }
 
 // Wake asks the claim loop to look for work now.

@@ -11,11 +11,13 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 
+	"github.com/oaruntime/oaruntime/internal/breaker"
 	"github.com/oaruntime/oaruntime/internal/provider"
 	"github.com/oaruntime/oaruntime/internal/runs"
 	"github.com/oaruntime/oaruntime/internal/store"
 	"github.com/oaruntime/oaruntime/internal/telemetry"
 	"github.com/oaruntime/oaruntime/internal/tools"
+	"github.com/oaruntime/oaruntime/internal/tools/policy"
 )
 
 // Result of one RunOnce.
@@ -32,6 +34,13 @@ type ProviderSpec struct {
 	Model    string          `json:"model,omitempty"`
 	Fallback string          `json:"fallback,omitempty"`
 	Faults   provider.Faults `json:"faults"`
+}
+
+func (s ProviderSpec) primary() string {
+	if s.Name == "" {
+		return "scripted"
+	}
+	return s.Name
 }
 
 // ParseProviderSpec decodes run.Provider; empty means scripted.
@@ -288,10 +297,11 @@ func (r *runner) turn(ctx context.Context, fr store.Frame, p map[string]any) (Re
 	if s, ok := p["script"]; ok {
 		script, _ = json.Marshal(s)
 	}
-	prov, err := r.e.d.Providers(r.run_)
+	spec, err := ParseProviderSpec(r.run_.Provider)
 	if err != nil {
-		return r.finish(ctx, store.StatusFailed, provider.Class(err), err.Error(), fr, nil), true
+		return r.finish(ctx, store.StatusFailed, "provider_unavailable", err.Error(), fr, nil), true
 	}
+	pol := r.toolPolicy()
 	prior, err := r.priorEvents(ctx, fr.FrameID)
 	if err != nil {
 		return r.fail(err), true
@@ -305,7 +315,7 @@ func (r *runner) turn(ctx context.Context, fr store.Frame, p map[string]any) (Re
 	for call := 1; call <= r.e.cfg.MaxModelCalls; call++ {
 		resp, replayed := replayResponse(prior, key(call, ""))
 		if !replayed {
-			resp, err = r.modelCall(turnCtx, prov, provider.Request{Messages: msgs})
+			resp, err = r.modelCall(turnCtx, fr, spec, provider.Request{Messages: msgs}, key(call, "fallback"))
 			if err != nil {
 				if cr, canceled := r.canceledDuringTurn(ctx, fr); canceled {
 					return cr, true
@@ -342,7 +352,7 @@ func (r *runner) turn(ctx context.Context, fr store.Frame, p map[string]any) (Re
 		msgs = append(msgs, assistant)
 		for j, tc := range resp.ToolCalls {
 			callID := fmt.Sprintf("%s.%s", fr.FrameID, tc.ID)
-			res, err := r.toolCall(turnCtx, ctx, fr, tc, callID, prior, key(call, fmt.Sprintf("t%d", j)))
+			res, err := r.toolCall(turnCtx, ctx, fr, tc, callID, prior, key(call, fmt.Sprintf("t%d", j)), pol)
 			if err != nil {
 				return r.fail(err), true
 			}
@@ -407,20 +417,47 @@ func replayResponse(prior map[string]store.Event, prefix string) (provider.Respo
 	return resp, found
 }
 
-func (r *runner) modelCall(ctx context.Context, prov provider.Provider, req provider.Request) (provider.Response, error) {
-	ctx, span := r.e.d.Tracer.Start(ctx, "model.call")
-	span.SetAttributes(attribute.String("provider", prov.Name()))
-	defer span.End()
-	resp, err := prov.Complete(ctx, req)
-	if err != nil {
-		span.SetStatus(codes.Error, err.Error())
+// modelCall calls the run's provider through its circuit breaker, falling
+// back (and recording provider.fallback) while the primary's breaker is open.
+func (r *runner) modelCall(ctx context.Context, fr store.Frame, spec ProviderSpec, req provider.Request, fallbackKey string) (provider.Response, error) {
+	var resp provider.Response
+	used, fellBack, reason, err := r.e.d.Breakers.Call(ctx, spec.primary(), spec.Fallback, func(ctx context.Context, name string) error {
+		p, err := r.e.d.Providers(r.run_, name)
+		if err != nil {
+			return err
+		}
+		ctx, span := r.e.d.Tracer.Start(ctx, "model.call")
+		span.SetAttributes(attribute.String("provider", name))
+		defer span.End()
+		resp, err = p.Complete(ctx, req)
+		if err != nil {
+			span.SetStatus(codes.Error, err.Error())
+		}
+		return err
+	})
+	if fellBack {
+		if _, aerr := r.append(ctx, "provider.fallback", map[string]any{"from": spec.primary(), "to": used, "reason": reason, "frame_id": fr.FrameID}, fallbackKey, 0, fr.Trace); aerr != nil {
+			return resp, aerr
+		}
+	}
+	if errors.Is(err, breaker.ErrCircuitOpen) {
+		return resp, &provider.Error{Class: breaker.ReasonCircuitOpen, Err: err}
 	}
 	return resp, err
 }
 
+// toolPolicy is the run's `tools` document: allow and deny lists.
+func (r *runner) toolPolicy() policy.Policy {
+	var p policy.Policy
+	if len(r.run_.Tools) > 0 {
+		_ = json.Unmarshal(r.run_.Tools, &p) // validated when the run was created
+	}
+	return p
+}
+
 // toolCall appends tool.call, runs the tool (unless a previous execution
 // already recorded its result) and appends exactly one tool.result.
-func (r *runner) toolCall(turnCtx, ctx context.Context, fr store.Frame, tc provider.ToolCall, callID string, prior map[string]store.Event, key string) (tools.Result, error) {
+func (r *runner) toolCall(turnCtx, ctx context.Context, fr store.Frame, tc provider.ToolCall, callID string, prior map[string]store.Event, key string, pol policy.Policy) (tools.Result, error) {
 	if ev, ok := prior[key+":result"]; ok {
 		var res tools.Result
 		_ = json.Unmarshal(ev.Payload, &res)
@@ -435,6 +472,10 @@ func (r *runner) toolCall(turnCtx, ctx context.Context, fr store.Frame, tc provi
 	if _, err := r.append(ctx, "tool.call", map[string]any{"tool_call_id": callID, "model_call_id": tc.ID, "tool_name": tc.Name, "input": inputDoc, "frame_id": fr.FrameID}, key+":call", 0, fr.Trace); err != nil {
 		return tools.Result{}, err
 	}
+	if allowed, reason := pol.Decide(tc.Name); !allowed {
+		return r.deniedTool(ctx, fr, tc, callID, key, reason)
+	}
+	r.e.d.Metrics.PolicyDecision("allowed", "allowed")
 	r.e.d.Metrics.ToolLifecycle(tc.Name, "start", "ok")
 	tctx, span := r.e.d.Tracer.Start(turnCtx, "tool.call")
 	span.SetAttributes(attribute.String("tool", tc.Name), attribute.String("tool_call_id", callID))
@@ -447,6 +488,9 @@ func (r *runner) toolCall(turnCtx, ctx context.Context, fr store.Frame, tc provi
 	span.End()
 	r.e.d.Metrics.ToolDuration(tc.Name, res.Status, d)
 	r.e.d.Metrics.ToolLifecycle(tc.Name, "terminal", res.Status)
+	if strings.HasPrefix(res.ErrorClass, "ssrf_block.") {
+		r.e.d.Metrics.ParityFailure("network", res.ErrorClass, "tools.egress")
+	}
 	payload := map[string]any{"tool_call_id": callID, "tool_name": tc.Name, "status": res.Status, "frame_id": fr.FrameID, "duration_ms": d.Milliseconds()}
 	if res.Output != nil {
 		var out any
@@ -498,4 +542,18 @@ func (r *runner) canceledDuringTurn(ctx context.Context, fr store.Frame) (Result
 		return Result{}, false
 	}
 	return r.finishCanceled(ctx, 0, "", 0), true
+}
+
+// deniedTool records a policy denial: policy.decision, then a failed
+// tool.result the model sees, without running the tool.
+func (r *runner) deniedTool(ctx context.Context, fr store.Frame, tc provider.ToolCall, callID, key, reason string) (tools.Result, error) {
+	r.e.d.Metrics.PolicyDecision("denied", reason)
+	r.e.d.Metrics.ParityFailure("policy", reason, "tools.policy")
+	if _, err := r.append(ctx, "policy.decision", map[string]any{"decision": "denied", "reason": reason, "tool_name": tc.Name, "tool_call_id": callID, "frame_id": fr.FrameID}, key+":policy", 0, fr.Trace); err != nil {
+		return tools.Result{}, err
+	}
+	res := tools.Result{Status: tools.Failed, ErrorClass: reason, Error: "tool " + tc.Name + " denied by policy"}
+	r.e.d.Metrics.ToolLifecycle(tc.Name, "terminal", res.Status)
+	_, err := r.append(ctx, "tool.result", map[string]any{"tool_call_id": callID, "tool_name": tc.Name, "status": res.Status, "error_class": reason, "error": res.Error, "frame_id": fr.FrameID}, key+":result", 0, fr.Trace)
+	return res, err
 }
