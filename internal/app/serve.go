@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/oaruntime/oaruntime/internal/auth"
+	"github.com/oaruntime/oaruntime/internal/breaker"
 	"github.com/oaruntime/oaruntime/internal/config"
 	"github.com/oaruntime/oaruntime/internal/executor"
 	"github.com/oaruntime/oaruntime/internal/httpapi"
@@ -104,6 +105,7 @@ type Server struct {
 	Handler  http.Handler
 	Minter   *token.Minter
 
+	faults        faultState
 	shutdown      chan struct{}
 	traceShutdown func(context.Context) error
 	bg            context.CancelFunc
@@ -140,7 +142,8 @@ func NewServer(ctx context.Context, cfg *config.Config, logOut io.Writer) (*Serv
 	m.AllowTools(toolReg.Names()...)
 	m.AllowProviders(append(executor.ScriptedProviderNames(), "openai")...)
 	ex := executor.New(executor.Config{Owner: cfg.NodeID, LeaseTTL: cfg.LeaseTTL, RenewEvery: cfg.LeaseRenew, Concurrency: cfg.ExecutorConcurrency},
-		executor.Deps{Store: st, Hub: hub, Metrics: m, Logger: log, Tracer: tp.Tracer("oaruntime/executor"), Tools: toolReg})
+		executor.Deps{Store: st, Hub: hub, Metrics: m, Logger: log, Tracer: tp.Tracer("oaruntime/executor"), Tools: toolReg,
+			Breakers: breaker.NewRegistry(breaker.Config{Cooldown: cfg.BreakerCooldown}, m)})
 	jan := executor.NewJanitor(executor.JanitorConfig{Interval: cfg.JanitorInterval, MaxAttempts: cfg.JanitorMaxAttempts}, st, m, log, ex.Wake)
 	s := &Server{Cfg: cfg, Store: st, Metrics: m, Registry: reg, Log: log, Hub: hub, Exec: ex, Janitor: jan, shutdown: make(chan struct{}), traceShutdown: traceShutdown}
 	minter, err := newMinter(cfg, st.Ping)

@@ -46,6 +46,7 @@ type Config struct {
 	JanitorInterval     time.Duration
 	JanitorMaxAttempts  int
 	ExecutorConcurrency int
+	BreakerCooldown     time.Duration
 	StreamIdle          time.Duration
 	StreamHeartbeat     time.Duration
 	ShutdownGrace       time.Duration
@@ -91,6 +92,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.LeaseRenew, "lease-renew", envDuration("OA_RUNTIME_LEASE_RENEW", 3*time.Second), "lease renewal interval (OA_RUNTIME_LEASE_RENEW)")
 	fs.DurationVar(&c.JanitorInterval, "janitor-interval", envDuration("OA_RUNTIME_JANITOR_INTERVAL", 2*time.Second), "janitor scan interval (OA_RUNTIME_JANITOR_INTERVAL)")
 	fs.IntVar(&c.JanitorMaxAttempts, "janitor-max-attempts", 3, "reclaims without progress before a run fails with executor_recovery_exhausted")
+	fs.DurationVar(&c.BreakerCooldown, "breaker-cooldown", envDuration("OA_RUNTIME_BREAKER_COOLDOWN", 30*time.Second), "how long an open provider circuit breaker waits before one probe (OA_RUNTIME_BREAKER_COOLDOWN)")
 	fs.IntVar(&c.ExecutorConcurrency, "executor-concurrency", 64, "runs executed at once by this node")
 	fs.DurationVar(&c.StreamIdle, "stream-idle", envDuration("OA_RUNTIME_STREAM_IDLE", 60*time.Second), "SSE tail timeout without new events (OA_RUNTIME_STREAM_IDLE)")
 	fs.DurationVar(&c.StreamHeartbeat, "stream-heartbeat", envDuration("OA_RUNTIME_STREAM_HEARTBEAT", 15*time.Second), "SSE heartbeat interval (OA_RUNTIME_STREAM_HEARTBEAT)")

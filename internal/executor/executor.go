@@ -8,7 +8,9 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -76,6 +78,10 @@ type Executor struct {
 	running map[string]context.CancelFunc
 	wg      sync.WaitGroup
 	kick    chan struct{}
+
+	// abandon is a fault knob (parts per million): a claimed run is dropped
+	// without release, as if this node crashed holding it.
+	abandon atomic.Int64
 
 	stopOnce sync.Once
 	stopCh   chan struct{} // closed by Stop: a clean shutdown releases leases
@@ -215,8 +221,20 @@ func (e *Executor) spawn(ctx context.Context, l store.Lease) {
 	}()
 }
 
+// SetAbandonRate makes this node drop the given fraction (0..1) of the runs
+// it claims without releasing their leases, exactly as a crash would: the
+// janitor reclaims them and another claim steals them. Fault injection for
+// the lease alerts (--enable-faults); 0 turns it off.
+func (e *Executor) SetAbandonRate(rate float64) {
+	e.abandon.Store(int64(min(max(rate, 0), 1) * 1e6))
+}
+
 // execute runs one leased run, keeping the lease alive while it works.
 func (e *Executor) execute(ctx context.Context, l store.Lease) {
+	if p := e.abandon.Load(); p > 0 && rand.Int64N(1e6) < p {
+		e.d.Logger.Warn("fault injection: abandoning claimed run", "run_id", l.RunID, "lease_owner", l.Owner)
+		return
+	}
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	lost := make(chan struct{})

@@ -65,6 +65,11 @@ type Deps struct {
 	MaxBodyBytes int64            // default DefaultMaxBodyBytes (1 MiB)
 	Version      string           // reported by /healthz
 	Now          func() time.Time // default time.Now (cancel's requested_at)
+	// Fault, when set, is asked before every signed request past
+	// authentication; a non-nil error answers 500 injected_fault. It exists
+	// for the alert tests and `oaruntime loadgen` (--enable-faults) and is
+	// never set in production.
+	Fault func(r *http.Request) error
 }
 
 type api struct {
@@ -80,6 +85,7 @@ type api struct {
 	maxBody      int64
 	version      string
 	now          func() time.Time
+	fault        func(r *http.Request) error
 
 	mux      *http.ServeMux
 	patterns map[string]struct{}
@@ -91,7 +97,7 @@ func New(d Deps) http.Handler {
 	a := &api{
 		store: d.Store, metrics: d.Metrics, log: d.Logger, verifier: d.Verifier, stream: d.Stream,
 		ready: d.Ready, readyTimeout: d.ReadyTimeout, tracer: d.Tracer, propagator: d.Propagator,
-		maxBody: d.MaxBodyBytes, version: d.Version, now: d.Now,
+		maxBody: d.MaxBodyBytes, version: d.Version, now: d.Now, fault: d.Fault,
 		mux: http.NewServeMux(), patterns: make(map[string]struct{}),
 	}
 	if a.log == nil {
@@ -156,6 +162,12 @@ func (a *api) handle(pattern string, signed bool, h http.Handler) {
 			}
 			ri.sub = c.Sub
 			r = r.WithContext(auth.WithClaims(r.Context(), c))
+			if a.fault != nil {
+				if err := a.fault(r); err != nil {
+					writeAPIError(w, errf(http.StatusInternalServerError, "injected_fault", "%v", err))
+					return
+				}
+			}
 		}
 		h.ServeHTTP(w, r)
 	}))
