@@ -323,7 +323,7 @@ func TestSpecs(t *testing.T) {
 	if len(errs) != 0 {
 		t.Fatal(errs)
 	}
-	reg := NewRegistry(Echo{}, Sleep{}, tls[0], tls[1])
+	reg := NewRegistry(Echo{}, Sleep{}, NewHTTPFetch(nil), tls[0], tls[1])
 	specs := Specs(reg)
 	var names []string
 	for _, s := range specs {
@@ -332,11 +332,14 @@ func TestSpecs(t *testing.T) {
 			t.Errorf("%s: schema %s", s.Name, s.InputSchema)
 		}
 	}
-	if strings.Join(names, ",") != "echo,sleep,translate,weather.lookup" {
+	if strings.Join(names, ",") != "echo,http.fetch,sleep,translate,weather.lookup" {
 		t.Fatalf("names %v", names)
 	}
-	if specs[3].Description != "Current weather for a city." || !strings.Contains(string(specs[3].InputSchema), `"city"`) {
-		t.Errorf("manifest spec %+v", specs[3])
+	if specs[4].Description != "Current weather for a city." || !strings.Contains(string(specs[4].InputSchema), `"city"`) {
+		t.Errorf("manifest spec %+v", specs[4])
+	}
+	if !strings.Contains(string(specs[1].InputSchema), `"url"`) {
+		t.Errorf("http.fetch spec %+v", specs[1])
 	}
 	if specs[0].Description == "" {
 		t.Error("echo has no description")
