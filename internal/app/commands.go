@@ -5,10 +5,15 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"sort"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/oaruntime/oaruntime/internal/config"
+	"github.com/oaruntime/oaruntime/internal/loadgen"
+	"github.com/oaruntime/oaruntime/internal/ops"
 	"github.com/oaruntime/oaruntime/internal/sync/token"
 	"github.com/oaruntime/oaruntime/internal/tools/policy"
 )
@@ -100,15 +105,100 @@ func newMinter(cfg *config.Config, upstream ...func(context.Context) error) (*to
 }
 
 func opsCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	return notYet("ops", stderr)
+	return ops.Command(ctx, args, stdout, stderr)
 }
 
 func khalaCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return notYet("khala", stderr)
 }
 
+// loadgenCmd drives named workloads (and, with --fault, the operator fault
+// endpoints of a server started with --enable-faults).
 func loadgenCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	return notYet("loadgen", stderr)
+	fs := flag.NewFlagSet("loadgen", flag.ContinueOnError)
+	mk := clientFromEnv(fs)
+	var profiles scopeList
+	fs.Var(&profiles, "profile", "workload (repeatable): "+strings.Join(profileNames(), ", "))
+	rate := fs.Float64("rate", 0, "runs (or mints) per second per profile; 0 keeps each profile's default")
+	duration := fs.Duration("duration", 30*time.Second, "how long to drive load")
+	var faults scopeList
+	fs.Var(&faults, "fault", "set a fault before the load: http=RATE, executor=RATE, token-mint=on|off (repeatable; needs serve --enable-faults)")
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return 2
+	}
+	c, err := mk()
+	if err != nil {
+		fmt.Fprintln(stderr, "oaruntime loadgen:", err)
+		return 1
+	}
+	for _, f := range faults {
+		kind, val, ok := strings.Cut(f, "=")
+		if !ok {
+			fmt.Fprintf(stderr, "oaruntime loadgen: --fault %q: want KIND=VALUE\n", f)
+			return 2
+		}
+		body := map[string]any{}
+		if kind == "token-mint" {
+			body["fail"] = val == "on" || val == "true" || val == "1"
+		} else {
+			r, err := strconv.ParseFloat(val, 64)
+			if err != nil {
+				fmt.Fprintf(stderr, "oaruntime loadgen: --fault %s: %v\n", f, err)
+				return 2
+			}
+			body["rate"] = r
+		}
+		if err := loadgen.SetFault(ctx, c, kind, body); err != nil {
+			fmt.Fprintf(stderr, "oaruntime loadgen: --fault %s: %v\n", f, err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "fault %s set\n", f)
+	}
+	if len(profiles) == 0 {
+		if len(faults) > 0 {
+			return 0
+		}
+		profiles = scopeList{"healthy"}
+	}
+	all := loadgen.Profiles()
+	g := loadgen.New(c)
+	runCtx, cancel := context.WithTimeout(ctx, *duration)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, name := range profiles {
+		p, ok := all[name]
+		if !ok {
+			fmt.Fprintf(stderr, "oaruntime loadgen: unknown profile %q (have %s)\n", name, strings.Join(profileNames(), ", "))
+			return 2
+		}
+		if *rate > 0 {
+			p.Rate = *rate
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); g.Run(runCtx, p) }()
+	}
+	wg.Wait()
+	g.Wait()
+	st := &g.Stats
+	fmt.Fprintf(stdout, "loadgen: started %d, runs created %d, streams %d, mints %d (errors %d), failures %d, create-to-done p50 %s p99 %s\n",
+		st.Started.Load(), st.Created.Load(), st.Streams.Load(), st.Mints.Load(), st.MintErrors.Load(), st.Failed.Load(),
+		st.LatencyQuantile(0.5).Round(time.Millisecond), st.LatencyQuantile(0.99).Round(time.Millisecond))
+	for msg, n := range st.Errors() {
+		fmt.Fprintf(stdout, "  %5d x %s\n", n, msg)
+	}
+	if st.Failed.Load() > 0 {
+		return 1
+	}
+	return 0
+}
+
+func profileNames() []string {
+	var out []string
+	for n := range loadgen.Profiles() {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
 }
 
 func notYet(cmd string, stderr io.Writer) int {
