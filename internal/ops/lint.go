@@ -12,9 +12,10 @@ import (
 	"github.com/oaruntime/oaruntime/internal/telemetry"
 )
 
-// targetLabels are added by Prometheus to every scraped series, and le by
-// histograms; queries may use them besides the catalogue's label keys.
-func targetLabels() []string { return []string{"job", "instance", "le"} }
+// targetLabels are added by Prometheus to every scraped series, le by
+// histograms, and __name__ is the metric name itself; queries may use them
+// besides the catalogue's label keys.
+func targetLabels() []string { return []string{"job", "instance", "le", "__name__"} }
 
 var (
 	metricToken   = regexp.MustCompile(`\bopenagents_[a-z0-9_]+\b`)

@@ -110,3 +110,23 @@ func TestPromtoolParsesDashboardQueries(t *testing.T) {
 		t.Fatalf("promtool accepted an unbalanced query:\n%s", out)
 	}
 }
+
+// The PromQL the runbook tells operators to run parses too.
+func TestPromtoolParsesDocsPromQL(t *testing.T) {
+	bin := promtool(t)
+	var queries []PanelQuery
+	for _, rel := range []string{alertingDoc, observabilityDoc} {
+		for i, b := range promqlBlocks(readDoc(t, rel)) {
+			queries = append(queries, PanelQuery{PanelID: i, Title: rel, Expr: b})
+		}
+	}
+	file, err := PanelQueryRuleFile(queries)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "docs.yml"), file, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	runPromtool(t, bin, dir, "check", "rules", "docs.yml")
+}
