@@ -3,7 +3,13 @@
 // dashboard, the generators that write them under deploy/monitoring/, and the
 // checks that keep the committed files, the runbook and the metric catalogue
 // in agreement.
+//
+// After changing anything here, regenerate and commit deploy/monitoring/:
+//
+//	go run ./cmd/oaruntime ops generate --dir .
 package ops
+
+//go:generate go run ../../cmd/oaruntime ops generate --dir ../..
 
 import (
 	"fmt"

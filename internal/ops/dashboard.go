@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"strings"
 
 	"github.com/grafana/grafana-foundation-sdk/go/cog"
 	"github.com/grafana/grafana-foundation-sdk/go/common"
@@ -58,8 +57,8 @@ func Panels() []Panel {
 			out = append(out, Panel{
 				Area:  area,
 				Title: a.PanelTitle,
-				Description: fmt.Sprintf("%s. Alert %s (%s): %s. Runbook: %s",
-					strings.ReplaceAll(a.Summary, "{{ $labels.provider }}", "a provider"), a.Name, a.Severity, a.Condition, a.RunbookURL),
+				Description: fmt.Sprintf("The signal of alert %s (%s), which fires on: %s. Runbook: %s",
+					a.Name, a.Severity, a.Condition, a.RunbookURL),
 				Exprs: []Query{{Expr: a.PanelExpr, Legend: a.Legend}},
 				Unit:  a.Unit,
 				Alert: a,
