@@ -58,6 +58,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"ReclaimExhausted", testReclaimExhausted},
 		{"ReclaimProgressResets", testReclaimProgressResets},
 		{"ReclaimSkips", testReclaimSkips},
+		{"ReclaimConcurrent", testReclaimConcurrent},
 		{"ListEventsPaging", testListEventsPaging},
 		{"PruneEvents", testPruneEvents},
 		{"FindEventByType", testFindEventByType},
@@ -1062,7 +1063,8 @@ func testClaimRunnableConcurrent(t *testing.T, s store.Store) {
 			defer wg.Done()
 			who := fmt.Sprintf("node-%d", c)
 			<-start
-			for {
+			// Bounded so that a driver handing out live leases fails instead of spinning.
+			for range runsN {
 				gs, err := s.ClaimRunnable(t.Context(), who, longTTL, 3)
 				if err != nil {
 					t.Errorf("ClaimRunnable(%s): %v", who, err)
@@ -1313,6 +1315,59 @@ func testReclaimSkips(t *testing.T, s store.Store) {
 	recs, err = s.ReclaimExpired(ctx, far, 3, 10)
 	if err != nil || len(recs) != 1 {
 		t.Fatalf("ReclaimExpired after limit = %+v, %v; want the remaining 1", recs, err)
+	}
+}
+
+// testReclaimConcurrent runs several janitors at once (one per replica):
+// every expired lease is reclaimed exactly once.
+func testReclaimConcurrent(t *testing.T, s store.Store) {
+	const runsN, janitors = 12, 4
+	for i := range runsN {
+		id := fmt.Sprintf("run-%02d", i)
+		mustRun(t, s, id)
+		mustAcquire(t, s, id, "dead", longTTL, store.LeaseAcquired)
+	}
+	far := time.Now().Add(time.Hour)
+	var (
+		wg    sync.WaitGroup
+		start = make(chan struct{})
+		mu    sync.Mutex
+		seen  = map[string]int{}
+	)
+	for range janitors {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			recs, err := s.ReclaimExpired(t.Context(), far, 3, 100)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				t.Errorf("concurrent ReclaimExpired: %v", err)
+			}
+			for _, r := range recs {
+				seen[r.RunID]++
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	if len(seen) != runsN {
+		t.Fatalf("reclaimed %d distinct runs, want %d: %v", len(seen), runsN, seen)
+	}
+	for id, n := range seen {
+		if n != 1 {
+			t.Fatalf("run %s reported reclaimed %d times", id, n)
+		}
+		lost := 0
+		for _, e := range allEvents(t, s, id) {
+			if e.EventType == "run.executor_lost" {
+				lost++
+			}
+		}
+		if lost != 1 {
+			t.Fatalf("run %s has %d run.executor_lost events, want 1", id, lost)
+		}
 	}
 }
 
