@@ -181,7 +181,9 @@ func spTestEnsureInvalid(t *testing.T, s SpendDriver) {
 		"empty mode":   func(in *store.EnsureAuthorizationInput) { in.Mode = "" },
 		"negative max": func(in *store.EnsureAuthorizationInput) { in.MaxTotalSats = -1 },
 		"huge max":     func(in *store.EnsureAuthorizationInput) { in.MaxTotalSats = store.MaxSpendAmount + 1 },
-		"long id":      func(in *store.EnsureAuthorizationInput) { in.AuthorizationID = string(make([]byte, store.MaxSpendIDLen+1)) },
+		"long id": func(in *store.EnsureAuthorizationInput) {
+			in.AuthorizationID = string(make([]byte, store.MaxSpendIDLen+1))
+		},
 	}
 	for name, mutate := range cases {
 		in := ok
