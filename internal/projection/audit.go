@@ -145,5 +145,17 @@ func (p *Projector) auditOne(ctx context.Context, cp store.Checkpoint) (Finding,
 	default:
 		return f, false, nil
 	}
+	// The checkpoint, the document and the log were read one after the
+	// other; a projector write in between looks like drift. Checkpoint and
+	// document are written in one transaction, so an unchanged checkpoint
+	// (updated_at included) after the document read means they were read
+	// from the same write.
+	again, err := p.st.GetCheckpoint(ctx, cp.Projection, cp.EntityID)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return f, false, err
+	}
+	if err != nil || !again.UpdatedAt.Equal(cp.UpdatedAt) || again.LastSeq != cp.LastSeq || again.SummaryHash != cp.SummaryHash {
+		return f, false, nil
+	}
 	return f, true, nil
 }

@@ -123,6 +123,7 @@ type Projector struct {
 	done        chan struct{}
 	lastScan    time.Time
 	lastFull    time.Time
+	lastExport  time.Time
 }
 
 type backoffState struct {
@@ -283,11 +284,9 @@ func (p *Projector) loop(ctx context.Context, wake <-chan struct{}) {
 		case <-wake:
 		case <-timer.C:
 		}
-		more := p.Cycle(ctx)
+		p.Cycle(ctx)
 		next := p.cfg.PollInterval
-		if more {
-			next = 0
-		} else if due, ok := p.nextBackoff(); ok {
+		if due, ok := p.nextBackoff(); ok {
 			next = min(next, max(time.Until(due), time.Millisecond))
 		}
 		if !timer.Stop() {
@@ -315,73 +314,123 @@ func (p *Projector) nextBackoff() (time.Time, bool) {
 	return first, ok
 }
 
-// Cycle runs one pass: export rows other processes recorded, then project
-// every candidate that is not waiting out a backoff. It reports whether the
-// candidate query was truncated (more work is waiting).
-func (p *Projector) Cycle(ctx context.Context) bool {
-	if p.cfg.Serving {
+// Cycle runs one pass: export rows other processes recorded (at most once
+// per poll interval), then walk the candidates page by page and project
+// every one that is not waiting out a backoff or parked as checkpoint_ahead.
+// An incremental pass only looks at runs updated since shortly before the
+// previous pass; every FullScanEvery a pass walks all runs, which also
+// catches what clock skew or long transactions hid from incremental passes.
+func (p *Projector) Cycle(ctx context.Context) {
+	now := p.cfg.Now()
+	p.mu.Lock()
+	export := p.cfg.Serving && (p.lastExport.IsZero() || now.Sub(p.lastExport) >= p.cfg.PollInterval)
+	if export {
+		p.lastExport = now
+	}
+	full := p.lastFull.IsZero() || now.Sub(p.lastFull) >= p.cfg.FullScanEvery
+	q := store.CandidateQuery{Version: p.cfg.Version, Limit: p.cfg.BatchSize}
+	if !full {
+		q.AfterUpdatedAt = p.lastScan.Add(-p.cfg.ScanSlack)
+	}
+	p.mu.Unlock()
+	if export {
 		p.exportRecorded(ctx)
 	}
-	now := p.cfg.Now()
-	q := store.CandidateQuery{Version: p.cfg.Version, Limit: p.cfg.BatchSize}
-	p.mu.Lock()
-	full := p.lastFull.IsZero() || now.Sub(p.lastFull) >= p.cfg.FullScanEvery
-	if !full {
-		q.UpdatedSince = p.lastScan.Add(-p.cfg.ScanSlack)
-	}
-	p.mu.Unlock()
 
-	cands, err := p.st.ProjectionCandidates(ctx, q)
-	if err != nil {
-		if ctx.Err() == nil {
-			p.log.ErrorContext(ctx, "khala projection: list candidates failed", "err", err)
+	seen := map[string]bool{}
+	for {
+		page, err := p.st.ProjectionCandidates(ctx, q)
+		if err != nil {
+			if ctx.Err() == nil {
+				p.log.ErrorContext(ctx, "khala projection: list candidates failed", "err", err)
+			}
+			return
 		}
-		return false
-	}
-	p.mu.Lock()
-	p.lastScan = now
-	if full && len(cands) < q.Limit {
-		p.lastFull = now
-	}
-	seen := make(map[string]bool, len(cands))
-	var todo []string
-	for _, c := range cands {
-		seen[c.EntityID] = true
-		if b, ok := p.backoff[c.EntityID]; ok && now.Before(b.next) {
-			continue
-		}
-		if pk, ok := p.parked[c.EntityID]; ok && pk.latest == c.LatestSeq && pk.cp == c.CheckpointSeq {
-			continue
-		}
-		todo = append(todo, c.EntityID)
-	}
-	// Entities whose retry is due but that fell out of an incremental scan.
-	for id, b := range p.backoff {
-		if !seen[id] && !now.Before(b.next) {
-			todo = append(todo, id)
-		}
-	}
-	p.mu.Unlock()
-
-	for _, id := range todo {
-		if ctx.Err() != nil {
-			return false
-		}
+		var todo []string
 		p.mu.Lock()
-		delay := p.delay
+		for _, c := range page {
+			seen[c.EntityID] = true
+			if b, ok := p.backoff[c.EntityID]; ok && now.Before(b.next) {
+				continue
+			}
+			if pk, ok := p.parked[c.EntityID]; ok && pk.latest == c.LatestSeq && pk.cp == c.CheckpointSeq {
+				continue
+			}
+			todo = append(todo, c.EntityID)
+		}
 		p.mu.Unlock()
-		if delay > 0 {
-			select {
-			case <-ctx.Done():
-				return false
-			case <-time.After(delay):
+		for _, id := range todo {
+			if !p.projectPaced(ctx, id) {
+				return
 			}
 		}
-		if _, err := p.ProjectRun(ctx, id); err != nil && ctx.Err() == nil {
-			p.log.WarnContext(ctx, "khala projection write failed", "run_id", id, "err", err)
+		if len(page) < q.Limit {
+			break
+		}
+		last := page[len(page)-1]
+		q.AfterUpdatedAt, q.AfterRunID = last.UpdatedAt, last.EntityID
+	}
+
+	// Retries that are due for entities an incremental walk did not see.
+	p.mu.Lock()
+	var due []string
+	for id, b := range p.backoff {
+		if !seen[id] && !now.Before(b.next) {
+			due = append(due, id)
 		}
 	}
-	return len(cands) == q.Limit
+	p.lastScan = now
+	if full {
+		p.lastFull = now
+		// What a full walk did not see is in sync now (another process or
+		// replica wrote it): forget its retry, parking and reported drift.
+		for id := range p.backoff {
+			if !seen[id] {
+				delete(p.backoff, id)
+			}
+		}
+		for id := range p.parked {
+			if !seen[id] {
+				delete(p.parked, id)
+			}
+		}
+		for id := range p.reported {
+			if !seen[id] {
+				delete(p.reported, id)
+			}
+		}
+		due = nil
+	}
+	p.mu.Unlock()
+	for _, id := range due {
+		if !p.projectPaced(ctx, id) {
+			return
+		}
+	}
+}
+
+// projectPaced projects one run after the configured fault delay; false
+// when ctx ended.
+func (p *Projector) projectPaced(ctx context.Context, id string) bool {
+	p.mu.Lock()
+	delay := p.delay
+	p.mu.Unlock()
+	if delay > 0 {
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false
+		case <-t.C:
+		}
+	}
+	if ctx.Err() != nil {
+		return false
+	}
+	if _, err := p.ProjectRun(ctx, id); err != nil && ctx.Err() == nil {
+		p.log.WarnContext(ctx, "khala projection write failed", "run_id", id, "err", err)
+	}
+	return true
 }
 
 // ProjectRun rebuilds one run's summary, decides and writes it. A failed

@@ -94,14 +94,19 @@ type ProjectionCandidate struct {
 	LatestSeq     int64
 	HasCheckpoint bool
 	CheckpointSeq int64
+	UpdatedAt     time.Time // the run's; with EntityID, the paging key
 }
 
 // CandidateQuery selects runs needing projection: no checkpoint, a
-// checkpoint seq different from runs.latest_seq, or another version.
+// checkpoint seq different from runs.latest_seq, or another version. Rows
+// come in (updated_at, run_id) order after the key (AfterUpdatedAt,
+// AfterRunID); a zero key starts at the beginning, and a key with an empty
+// run id selects runs updated at or after AfterUpdatedAt.
 type CandidateQuery struct {
-	Version      string
-	UpdatedSince time.Time // zero = every run
-	Limit        int       // <= 0 means 100
+	Version        string
+	AfterUpdatedAt time.Time
+	AfterRunID     string
+	Limit          int // <= 0 means 100
 }
 
 // DriftIncident is one drift finding (projector or parity auditor).

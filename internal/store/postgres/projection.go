@@ -246,17 +246,20 @@ func (s *Store) ProjectionCandidates(ctx context.Context, q store.CandidateQuery
 	if q.Limit <= 0 {
 		q.Limit = 100
 	}
-	var since *time.Time
-	if !q.UpdatedSince.IsZero() {
-		t := q.UpdatedSince.UTC()
-		since = &t
+	if !storable(q.AfterRunID) || !storable(q.Version) {
+		return nil, errors.New("postgres: projection candidates: key contains NUL or invalid UTF-8")
 	}
-	rows, err := s.pool.Query(ctx, `SELECT r.run_id, r.latest_seq, c.last_seq
+	var after *time.Time
+	if !q.AfterUpdatedAt.IsZero() {
+		t := q.AfterUpdatedAt.UTC()
+		after = &t
+	}
+	rows, err := s.pool.Query(ctx, `SELECT r.run_id, r.latest_seq, c.last_seq, r.updated_at
 		FROM runs r LEFT JOIN khala_projection_checkpoints c
 			ON c.projection = 'run' AND c.entity_id = r.run_id
-		WHERE ($1::timestamptz IS NULL OR r.updated_at >= $1)
-			AND (c.entity_id IS NULL OR c.last_seq <> r.latest_seq OR c.projection_version <> $2)
-		ORDER BY r.updated_at, r.run_id LIMIT $3`, since, q.Version, q.Limit)
+		WHERE ($1::timestamptz IS NULL OR r.updated_at > $1 OR (r.updated_at = $1 AND r.run_id > $2))
+			AND (c.entity_id IS NULL OR c.last_seq <> r.latest_seq OR c.projection_version <> $3)
+		ORDER BY r.updated_at, r.run_id LIMIT $4`, after, q.AfterRunID, q.Version, q.Limit)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: projection candidates: %w", err)
 	}
@@ -265,10 +268,11 @@ func (s *Store) ProjectionCandidates(ctx context.Context, q store.CandidateQuery
 			c  store.ProjectionCandidate
 			cp *int64
 		)
-		err := row.Scan(&c.EntityID, &c.LatestSeq, &cp)
+		err := row.Scan(&c.EntityID, &c.LatestSeq, &cp, &c.UpdatedAt)
 		if cp != nil {
 			c.HasCheckpoint, c.CheckpointSeq = true, *cp
 		}
+		c.UpdatedAt = c.UpdatedAt.UTC()
 		return c, err
 	})
 	if err != nil {

@@ -246,16 +246,16 @@ func (s *Store) ProjectionCandidates(ctx context.Context, q store.CandidateQuery
 	if q.Limit <= 0 {
 		q.Limit = 100
 	}
-	since := ""
-	if !q.UpdatedSince.IsZero() {
-		since = formatTS(q.UpdatedSince)
+	after := ""
+	if !q.AfterUpdatedAt.IsZero() {
+		after = formatTS(q.AfterUpdatedAt)
 	}
-	rows, err := s.reader.QueryContext(ctx, `SELECT r.run_id, r.latest_seq, c.last_seq
+	rows, err := s.reader.QueryContext(ctx, `SELECT r.run_id, r.latest_seq, c.last_seq, r.updated_at
 		FROM runs r LEFT JOIN khala_projection_checkpoints c
 			ON c.projection = 'run' AND c.entity_id = r.run_id
-		WHERE r.updated_at >= ?
+		WHERE (r.updated_at > ? OR (r.updated_at = ? AND r.run_id > ?))
 			AND (c.entity_id IS NULL OR c.last_seq <> r.latest_seq OR c.projection_version <> ?)
-		ORDER BY r.updated_at, r.run_id LIMIT ?`, since, q.Version, q.Limit)
+		ORDER BY r.updated_at, r.run_id LIMIT ?`, after, after, q.AfterRunID, q.Version, q.Limit)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: projection candidates: %w", err)
 	}
@@ -265,11 +265,15 @@ func (s *Store) ProjectionCandidates(ctx context.Context, q store.CandidateQuery
 		var (
 			c  store.ProjectionCandidate
 			cp sql.NullInt64
+			ts string
 		)
-		if err := rows.Scan(&c.EntityID, &c.LatestSeq, &cp); err != nil {
+		if err := rows.Scan(&c.EntityID, &c.LatestSeq, &cp, &ts); err != nil {
 			return nil, fmt.Errorf("sqlite: projection candidates: %w", err)
 		}
 		c.HasCheckpoint, c.CheckpointSeq = cp.Valid, cp.Int64
+		if c.UpdatedAt, err = parseTS(ts); err != nil {
+			return nil, err
+		}
 		out = append(out, c)
 	}
 	if err := rows.Err(); err != nil {

@@ -359,12 +359,35 @@ func pjTestCandidates(t *testing.T, s ProjectionDriver) {
 	if got := pjCandidateIDs(t, s, store.CandidateQuery{Version: "khala_summary_v2"}); len(got) != 2 {
 		t.Fatalf("candidates under a new version = %+v", got)
 	}
-	// UpdatedSince in the future selects nothing; in the past, everything.
-	if got := pjCandidateIDs(t, s, store.CandidateQuery{Version: v1, UpdatedSince: time.Now().Add(time.Hour)}); len(got) != 0 {
-		t.Fatalf("candidates updated since +1h = %+v", got)
+	// A key in the future selects nothing; in the past, everything.
+	if got := pjCandidateIDs(t, s, store.CandidateQuery{Version: v1, AfterUpdatedAt: time.Now().Add(time.Hour)}); len(got) != 0 {
+		t.Fatalf("candidates after +1h = %+v", got)
 	}
-	if got := pjCandidateIDs(t, s, store.CandidateQuery{Version: v1, UpdatedSince: time.Now().Add(-time.Hour)}); len(got) != 1 {
-		t.Fatalf("candidates updated since -1h = %+v", got)
+	if got := pjCandidateIDs(t, s, store.CandidateQuery{Version: v1, AfterUpdatedAt: time.Now().Add(-time.Hour)}); len(got) != 1 {
+		t.Fatalf("candidates after -1h = %+v", got)
+	}
+	// Keyset paging visits every candidate once, in (updated_at, run_id) order.
+	pjRun(t, s, "c")
+	pjRun(t, s, "d")
+	var seen []string
+	q := store.CandidateQuery{Version: "khala_summary_v2", Limit: 1}
+	for range 10 {
+		page, err := s.ProjectionCandidates(ctx, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page) == 0 {
+			break
+		}
+		if page[0].UpdatedAt.IsZero() {
+			t.Fatalf("candidate without updated_at: %+v", page[0])
+		}
+		seen = append(seen, page[0].EntityID)
+		q.AfterUpdatedAt, q.AfterRunID = page[0].UpdatedAt, page[0].EntityID
+	}
+	sort.Strings(seen)
+	if strings.Join(seen, ",") != "a,b,c,d" {
+		t.Fatalf("paged candidates = %v", seen)
 	}
 	if cs, err := s.ProjectionCandidates(ctx, store.CandidateQuery{Version: "khala_summary_v2", Limit: 1}); err != nil || len(cs) != 1 {
 		t.Fatalf("limit 1: %d, %v", len(cs), err)
