@@ -37,6 +37,7 @@ type Store struct {
 	reader *sql.DB // read-only connections
 	bc     *broadcaster
 	clock  func() time.Time
+	goose  *goose.Provider
 }
 
 var _ store.Store = (*Store)(nil)
@@ -131,6 +132,10 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	reader.SetMaxIdleConns(cfg.readConns)
 
 	s := &Store{path: path, writer: writer, reader: reader, bc: newBroadcaster(), clock: cfg.clock}
+	if s.goose, err = newProvider(writer); err != nil {
+		_ = s.Close()
+		return nil, err
+	}
 	if cfg.migrate {
 		if err := s.Migrate(ctx); err != nil {
 			_ = s.Close()
@@ -174,12 +179,12 @@ func (s *Store) Close() error {
 	return errors.Join(s.reader.Close(), s.writer.Close())
 }
 
-func (s *Store) provider() (*goose.Provider, error) {
+func newProvider(db *sql.DB) (*goose.Provider, error) {
 	sub, err := fs.Sub(migrationFiles, "migrations")
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: migrations: %w", err)
 	}
-	p, err := goose.NewProvider(goose.DialectSQLite3, s.writer, sub, goose.WithDisableGlobalRegistry(true))
+	p, err := goose.NewProvider(goose.DialectSQLite3, db, sub, goose.WithDisableGlobalRegistry(true))
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: migrations: %w", err)
 	}
@@ -188,11 +193,7 @@ func (s *Store) provider() (*goose.Provider, error) {
 
 // Migrate applies pending migrations.
 func (s *Store) Migrate(ctx context.Context) error {
-	p, err := s.provider()
-	if err != nil {
-		return err
-	}
-	if _, err := p.Up(ctx); err != nil {
+	if _, err := s.goose.Up(ctx); err != nil {
 		return fmt.Errorf("sqlite: migrate: %w", err)
 	}
 	return nil
@@ -202,11 +203,7 @@ func (s *Store) Migrate(ctx context.Context) error {
 // (`oaruntime migrate --status`). The type is goose's, shared with the
 // postgres driver.
 func (s *Store) MigrationStatus(ctx context.Context) ([]*goose.MigrationStatus, error) {
-	p, err := s.provider()
-	if err != nil {
-		return nil, err
-	}
-	st, err := p.Status(ctx)
+	st, err := s.goose.Status(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: migration status: %w", err)
 	}
@@ -215,11 +212,7 @@ func (s *Store) MigrationStatus(ctx context.Context) ([]*goose.MigrationStatus, 
 
 // SchemaVersion implements store.Store: the highest applied migration, 0 when none.
 func (s *Store) SchemaVersion(ctx context.Context) (int64, error) {
-	p, err := s.provider()
-	if err != nil {
-		return 0, err
-	}
-	v, err := p.GetDBVersion(ctx)
+	v, err := s.goose.GetDBVersion(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("sqlite: schema version: %w", err)
 	}
