@@ -147,7 +147,6 @@ const (
 	routeReadyz      = "/readyz"
 	targetLabelJob   = "job"
 	targetLabelInst  = "instance"
-	histogramLabelLe = "le"
 )
 
 // Alerts returns the runbook's alert rules in runbook order.
