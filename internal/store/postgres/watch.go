@@ -177,7 +177,7 @@ func (s *Store) watchLoop(ctx context.Context, cancel context.CancelFunc, ch cha
 // for every run, which is always safe because readers re-read.
 func parseNotice(payload string) store.Notice {
 	var n store.Notice
-	if err := json.Unmarshal([]byte(payload), &n); err != nil || (n.Kind != store.NoticeEvent && n.Kind != store.NoticeFrame) {
+	if err := json.Unmarshal([]byte(payload), &n); err != nil || (n.Kind != store.NoticeEvent && n.Kind != store.NoticeFrame && n.Kind != store.NoticeWorker) {
 		return store.Notice{Kind: store.NoticeEvent}
 	}
 	return n
