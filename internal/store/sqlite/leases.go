@@ -164,6 +164,8 @@ func (s *Store) ReleaseLease(ctx context.Context, l store.Lease) error {
 
 // ClaimRunnable implements store.Store. The single writer connection makes
 // the select-then-take atomic, which is what SKIP LOCKED buys PostgreSQL.
+// A lease that merely expired is not claimable: it waits for the janitor, so
+// that every lost executor is recorded as run.executor_lost and counted.
 func (s *Store) ClaimRunnable(ctx context.Context, owner string, ttl time.Duration, limit int) ([]store.LeaseGrant, error) {
 	if err := checkTTL(ttl); err != nil {
 		return nil, fmt.Errorf("sqlite: claim runnable: %w", err)

@@ -1036,6 +1036,15 @@ func testClaimRunnable(t *testing.T, s store.Store) {
 	if gs, err := s.ClaimRunnable(ctx, "other-node", longTTL, 10); err != nil || len(gs) != 0 {
 		t.Fatalf("second claimer got %v, %v; want nothing (all live)", grantIDs(gs), err)
 	}
+	// An expired lease is not claimable until the janitor reclaimed it, so
+	// that every lost executor is recorded as run.executor_lost first.
+	mustRun(t, s, "expired")
+	mustFrame(t, s, "expired", "f", "user_message", `{"text":"x"}`)
+	exp := mustAcquire(t, s, "expired", "dead", shortTTL, store.LeaseAcquired)
+	sleepPast(exp.ExpiresAt)
+	if gs, err := s.ClaimRunnable(ctx, "other-node", longTTL, 10); err != nil || len(gs) != 0 {
+		t.Fatalf("claim of an expired, unreclaimed lease got %v, %v; want nothing", grantIDs(gs), err)
+	}
 	// A new frame on an idle run makes it claimable.
 	mustFrame(t, s, "idle", "f", "user_message", `{"text":"x"}`)
 	gs, err := s.ClaimRunnable(ctx, "other-node", longTTL, 10)
