@@ -96,10 +96,14 @@ type Config struct {
 	// claims the rows other processes (operator commands) recorded. An
 	// operator command leaves Serving false, so the server counts its rows.
 	Serving bool
-	Origin  string // recorded on drift and replay rows; default "serve|cli:<host>:<pid>"
-	Logger  *slog.Logger
-	Tracer  trace.Tracer // optional; spans "khala.projection.write" continue the event's trace
-	Now     func() time.Time
+	// AuditEvery runs the parity auditor in the background (0 = off, as
+	// the original's default); AuditSample checkpoints per pass (default 200).
+	AuditEvery  time.Duration
+	AuditSample int
+	Origin      string // recorded on drift and replay rows; default "serve|cli:<host>:<pid>"
+	Logger      *slog.Logger
+	Tracer      trace.Tracer // optional; spans "khala.projection.write" continue the event's trace
+	Now         func() time.Time
 }
 
 // Projector is the background projection service.
@@ -250,9 +254,39 @@ func (p *Projector) Start(ctx context.Context) error {
 			p.running = false
 			p.mu.Unlock()
 		}()
+		auditDone := make(chan struct{})
+		go func() {
+			defer close(auditDone)
+			p.auditLoop(ctx)
+		}()
 		p.loop(ctx, wake)
+		<-auditDone
 	}()
 	return nil
+}
+
+// auditLoop runs the parity auditor every AuditEvery until ctx ends.
+func (p *Projector) auditLoop(ctx context.Context) {
+	if p.cfg.AuditEvery <= 0 {
+		return
+	}
+	t := time.NewTicker(p.cfg.AuditEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rep, err := p.Audit(ctx, p.cfg.AuditSample)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			p.log.ErrorContext(ctx, "khala parity audit failed", "err", err)
+		case rep.Mismatches > 0:
+			p.log.WarnContext(ctx, "khala parity audit found drift", "sampled", rep.Sampled,
+				"mismatches", rep.Mismatches, "missing_documents", rep.Missing, "hash_mismatches", rep.HashMismatches)
+		}
+	}
 }
 
 // Stop ends the loop and waits for it.
@@ -463,6 +497,19 @@ func (p *Projector) ProjectRun(ctx context.Context, runID string) (Outcome, erro
 
 func (p *Projector) project(ctx context.Context, runID string, force bool) (Outcome, error) {
 	out := Outcome{EntityID: runID, DocKey: RunDocKey(runID)}
+	// The checkpoint is read before the log: the log only grows and a
+	// checkpoint only names a seq that was in it, so reading in this order
+	// a concurrent writer (replica) can never make a checkpoint look ahead
+	// of the log. A decision from a stale checkpoint fails the write's
+	// precondition instead and is re-decided.
+	var cp *store.Checkpoint
+	c, err := p.st.GetCheckpoint(ctx, store.ProjectionRun, runID)
+	switch {
+	case err == nil:
+		cp = &c
+	case !errors.Is(err, store.ErrNotFound):
+		return out, fmt.Errorf("checkpoint of %s: %w", runID, err)
+	}
 	run, events, err := p.st.LoadRunLog(ctx, runID)
 	if err != nil {
 		return out, fmt.Errorf("load run %s: %w", runID, err)
@@ -484,15 +531,6 @@ func (p *Projector) project(ctx context.Context, runID string, force bool) (Outc
 			}
 			span.End()
 		}()
-	}
-
-	var cp *store.Checkpoint
-	c, err := p.st.GetCheckpoint(ctx, store.ProjectionRun, runID)
-	switch {
-	case err == nil:
-		cp = &c
-	case !errors.Is(err, store.ErrNotFound):
-		return out, fmt.Errorf("checkpoint of %s: %w", runID, err)
 	}
 
 	var prev *RunSummary
