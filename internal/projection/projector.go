@@ -372,6 +372,7 @@ func (p *Projector) Cycle(ctx context.Context) {
 	}
 
 	seen := map[string]bool{}
+	failures := 0
 	for {
 		page, err := p.st.ProjectionCandidates(ctx, q)
 		if err != nil {
@@ -394,8 +395,21 @@ func (p *Projector) Cycle(ctx context.Context) {
 		}
 		p.mu.Unlock()
 		for _, id := range todo {
-			if !p.projectPaced(ctx, id) {
+			alive, err := p.projectPaced(ctx, id)
+			if !alive {
 				return
+			}
+			// A sink that keeps failing (down, timing out) would cost every
+			// remaining entity a timeout; stop the pass and let backoff and
+			// the next pass retry, so an outage costs a few calls per pass.
+			if err != nil && isSinkFailure(err) {
+				failures++
+				if failures >= maxSinkFailuresPerPass {
+					p.log.WarnContext(ctx, "khala projection: sink failing, pass cut short", "failures", failures)
+					return
+				}
+			} else if err == nil {
+				failures = 0
 			}
 		}
 		if len(page) < q.Limit {
@@ -437,15 +451,24 @@ func (p *Projector) Cycle(ctx context.Context) {
 	}
 	p.mu.Unlock()
 	for _, id := range due {
-		if !p.projectPaced(ctx, id) {
+		alive, err := p.projectPaced(ctx, id)
+		if !alive || (err != nil && isSinkFailure(err)) {
 			return
 		}
 	}
 }
 
-// projectPaced projects one run after the configured fault delay; false
-// when ctx ended.
-func (p *Projector) projectPaced(ctx context.Context, id string) bool {
+// maxSinkFailuresPerPass consecutive sink failures end a pass early.
+const maxSinkFailuresPerPass = 3
+
+func isSinkFailure(err error) bool {
+	var se *SinkError
+	return errors.As(err, &se) && !se.Injected
+}
+
+// projectPaced projects one run after the configured fault delay; alive is
+// false when ctx ended.
+func (p *Projector) projectPaced(ctx context.Context, id string) (alive bool, err error) {
 	p.mu.Lock()
 	delay := p.delay
 	p.mu.Unlock()
@@ -454,17 +477,17 @@ func (p *Projector) projectPaced(ctx context.Context, id string) bool {
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return false
+			return false, nil
 		case <-t.C:
 		}
 	}
 	if ctx.Err() != nil {
-		return false
+		return false, nil
 	}
-	if _, err := p.ProjectRun(ctx, id); err != nil && ctx.Err() == nil {
+	if _, err = p.ProjectRun(ctx, id); err != nil && ctx.Err() == nil {
 		p.log.WarnContext(ctx, "khala projection write failed", "run_id", id, "err", err)
 	}
-	return true
+	return true, err
 }
 
 // ProjectRun rebuilds one run's summary, decides and writes it. A failed
@@ -597,7 +620,7 @@ func (p *Projector) project(ctx context.Context, runID string, force bool) (Outc
 	}
 	var wm int64
 	if p.injectFailure() {
-		err = &SinkError{Class: ClassSinkException, Err: errors.New("injected projection fault")}
+		err = &SinkError{Class: ClassSinkException, Err: errors.New("injected projection fault"), Injected: true}
 	} else {
 		wm, err = p.sink.Write(ctx, in)
 	}

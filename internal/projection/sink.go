@@ -30,6 +30,9 @@ const (
 type SinkError struct {
 	Class string
 	Err   error
+	// Injected marks a fault from SetFault: it is counted like a real
+	// failure but does not make the projector think the sink is down.
+	Injected bool
 }
 
 func (e *SinkError) Error() string { return e.Class + ": " + e.Err.Error() }

@@ -216,3 +216,33 @@ func TestHTTPSinkClassification(t *testing.T) {
 		t.Fatal("fake Khala did not store the document")
 	}
 }
+
+// TestOutageCutsPassShort: while Khala is down a pass stops after a few
+// failures instead of paying a timeout for every entity; injected faults
+// do not cut passes short.
+func TestOutageCutsPassShort(t *testing.T) {
+	st, _ := openSQLite(t)
+	ctx := context.Background()
+	fk := newFakeKhala()
+	srv := httptest.NewServer(fk)
+	defer srv.Close()
+	for i := range 10 {
+		mkRun(t, st, fmt.Sprintf("r%d", i), "run.started")
+	}
+	fk.mode.Store("http_5xx")
+	p := New(st, &HTTPSink{BaseURL: srv.URL, AdminKey: "admin-secret", Store: st}, nil, nil, Config{Serving: true})
+	p.Cycle(ctx)
+	fk.mu.Lock()
+	posts := fk.seen["POST "+MutationPath]
+	fk.mu.Unlock()
+	if posts != maxSinkFailuresPerPass {
+		t.Fatalf("%d posts in a pass against a down sink, want %d", posts, maxSinkFailuresPerPass)
+	}
+	m, reg := newMetrics(t)
+	p2 := New(st, nil, nil, m, Config{Serving: true})
+	p2.SetFault(1)
+	p2.Cycle(ctx)
+	if got := metricValue(t, reg, telemetry.KhalaProjectionWriteFailures, nil); got != 10 {
+		t.Fatalf("injected failures in one pass = %v, want 10", got)
+	}
+}
