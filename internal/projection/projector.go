@@ -616,7 +616,12 @@ func (p *Projector) project(ctx context.Context, runID string, force bool) (Outc
 	in := store.ProjectionWriteInput{
 		Projection: store.ProjectionRun, EntityID: runID, Topic: store.TopicRunSummaries,
 		DocKey: out.DocKey, OwnerSub: run.OwnerSub, Doc: doc, Hash: hash,
-		Version: p.cfg.Version, SourceSeq: sum.LatestSeq, ExpectSeq: cpSeq, Force: force,
+		Version: p.cfg.Version, SourceSeq: sum.LatestSeq, ExpectSeq: cpSeq,
+		// Reprojection replaces a checkpoint that is ahead of the log
+		// (corrupt) unconditionally; any other checkpoint only through the
+		// precondition, so a concurrent projector's newer write is never
+		// moved backwards.
+		Force: force && cp != nil && cp.LastSeq > sum.LatestSeq,
 	}
 	var wm int64
 	if p.injectFailure() {

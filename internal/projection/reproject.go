@@ -135,7 +135,15 @@ func (p *Projector) reprojectOne(ctx context.Context, runID string, dryRun bool)
 		}
 	default:
 		var out Outcome
-		out, err = p.project(ctx, runID, true)
+		// Superseded means another projector wrote between our read and
+		// our write: rebuild from the new state (a few times at most; if
+		// writers keep winning, the entity is current anyway).
+		for range 5 {
+			out, err = p.project(ctx, runID, true)
+			if err != nil || !out.Superseded {
+				break
+			}
+		}
 		r.Seq, r.Hash = out.Seq, out.Hash
 		if err == nil {
 			p.mu.Lock()
