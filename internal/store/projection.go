@@ -179,8 +179,9 @@ type ProjectionStore interface {
 	ClaimUncountedDrift(ctx context.Context, limit int) ([]DriftIncident, error)
 
 	RecordReplay(ctx context.Context, r ReplayResult) (ReplayResult, error)
-	// ListReplays returns rows with id > afterID in id order (afterID 0 and
-	// limit <= 0 mean the latest 100, newest first).
+	// ListReplays returns up to limit rows (<= 0 means 100): with afterID > 0
+	// those with id > afterID in id order (tailing), with afterID 0 the
+	// latest, newest first.
 	ListReplays(ctx context.Context, afterID int64, limit int) ([]ReplayResult, error)
 	ClaimUncountedReplays(ctx context.Context, limit int) ([]ReplayResult, error)
 }
