@@ -138,11 +138,10 @@ func NewServer(ctx context.Context, cfg *config.Config, logOut io.Writer) (*Serv
 		return nil, err
 	}
 	hub := notify.NewHub()
-	toolReg := defaultTools()
-	m.AllowTools(toolReg.Names()...)
+	toolReg := buildTools(cfg, m, log)
 	m.AllowProviders(append(executor.ScriptedProviderNames(), "openai")...)
 	ex := executor.New(executor.Config{Owner: cfg.NodeID, LeaseTTL: cfg.LeaseTTL, RenewEvery: cfg.LeaseRenew, Concurrency: cfg.ExecutorConcurrency},
-		executor.Deps{Store: st, Hub: hub, Metrics: m, Logger: log, Tracer: tp.Tracer("oaruntime/executor"), Tools: toolReg,
+		executor.Deps{Store: st, Hub: hub, Metrics: m, Logger: log, Tracer: tp.Tracer("oaruntime/executor"), Tools: toolReg, Providers: providers(cfg),
 			Breakers: breaker.NewRegistry(breaker.Config{Cooldown: cfg.BreakerCooldown}, m)})
 	jan := executor.NewJanitor(executor.JanitorConfig{Interval: cfg.JanitorInterval, MaxAttempts: cfg.JanitorMaxAttempts}, st, m, log, ex.Wake)
 	s := &Server{Cfg: cfg, Store: st, Metrics: m, Registry: reg, Log: log, Hub: hub, Exec: ex, Janitor: jan, shutdown: make(chan struct{}), traceShutdown: traceShutdown}
@@ -158,6 +157,7 @@ func NewServer(ctx context.Context, cfg *config.Config, logOut io.Writer) (*Serv
 		Tracer:         tp.Tracer("oaruntime/http"),
 		MetricsHandler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
 		Version:        Version,
+		Fault:          s.httpFault,
 		Routes: append([]httpapi.Route{
 			{Pattern: "POST /api/khala/token", Handler: token.NewHandler(minter, principal, m, log)},
 		}, s.faultRoutes()...),

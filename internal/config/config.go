@@ -47,6 +47,11 @@ type Config struct {
 	JanitorMaxAttempts  int
 	ExecutorConcurrency int
 	BreakerCooldown     time.Duration
+	ToolManifests       string // comma-separated files or directories of tool manifests
+	EgressAllowlist     string // comma-separated hosts tools may reach (empty: any public host)
+	OpenAIBaseURL       string
+	OpenAIAPIKey        string
+	OpenAIModel         string
 	StreamIdle          time.Duration
 	StreamHeartbeat     time.Duration
 	ShutdownGrace       time.Duration
@@ -93,6 +98,11 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.JanitorInterval, "janitor-interval", envDuration("OA_RUNTIME_JANITOR_INTERVAL", 2*time.Second), "janitor scan interval (OA_RUNTIME_JANITOR_INTERVAL)")
 	fs.IntVar(&c.JanitorMaxAttempts, "janitor-max-attempts", 3, "reclaims without progress before a run fails with executor_recovery_exhausted")
 	fs.DurationVar(&c.BreakerCooldown, "breaker-cooldown", envDuration("OA_RUNTIME_BREAKER_COOLDOWN", 30*time.Second), "how long an open provider circuit breaker waits before one probe (OA_RUNTIME_BREAKER_COOLDOWN)")
+	fs.StringVar(&c.ToolManifests, "tool-manifests", env("OA_RUNTIME_TOOL_MANIFESTS", ""), "comma-separated tool manifest files or directories (OA_RUNTIME_TOOL_MANIFESTS)")
+	fs.StringVar(&c.EgressAllowlist, "egress-allowlist", env("OA_RUNTIME_EGRESS_ALLOWLIST", ""), "comma-separated hosts tools may reach; empty allows any public host (OA_RUNTIME_EGRESS_ALLOWLIST)")
+	fs.StringVar(&c.OpenAIBaseURL, "openai-base-url", env("OA_OPENAI_BASE_URL", ""), "OpenAI-compatible API base URL for provider \"openai\" (OA_OPENAI_BASE_URL)")
+	fs.StringVar(&c.OpenAIAPIKey, "openai-api-key", env("OA_OPENAI_API_KEY", ""), "API key for provider \"openai\" (OA_OPENAI_API_KEY)")
+	fs.StringVar(&c.OpenAIModel, "openai-model", env("OA_OPENAI_MODEL", "gpt-4o-mini"), "default model for provider \"openai\" (OA_OPENAI_MODEL)")
 	fs.IntVar(&c.ExecutorConcurrency, "executor-concurrency", 64, "runs executed at once by this node")
 	fs.DurationVar(&c.StreamIdle, "stream-idle", envDuration("OA_RUNTIME_STREAM_IDLE", 60*time.Second), "SSE tail timeout without new events (OA_RUNTIME_STREAM_IDLE)")
 	fs.DurationVar(&c.StreamHeartbeat, "stream-heartbeat", envDuration("OA_RUNTIME_STREAM_HEARTBEAT", 15*time.Second), "SSE heartbeat interval (OA_RUNTIME_STREAM_HEARTBEAT)")

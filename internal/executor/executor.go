@@ -32,6 +32,7 @@ type Config struct {
 	PollInterval  time.Duration // claim poll when no notice arrives; default 500ms
 	Concurrency   int           // runs executed at once; default 64
 	MaxModelCalls int           // per turn; default 32
+	Loop          LoopConfig    // loop detection thresholds; zero = 30/10/20/30
 }
 
 func (c *Config) defaults() {
@@ -50,6 +51,7 @@ func (c *Config) defaults() {
 	if c.MaxModelCalls <= 0 {
 		c.MaxModelCalls = 32
 	}
+	c.Loop = c.Loop.Normalize()
 }
 
 // ProviderFunc returns the model provider called name for a run (name is

@@ -310,12 +310,25 @@ func (r *runner) turn(ctx context.Context, fr store.Frame, p map[string]any) (Re
 	turnCtx, stopWatch := r.watchCancel(ctx)
 	defer stopWatch()
 
+	// Loop detection looks at the run's earlier tool calls too; this frame's
+	// own calls are re-added as the (replayed) turn walks them.
+	history, err := r.toolHistory(ctx, fr.FrameID)
+	if err != nil {
+		return r.fail(err), true
+	}
+	// The model is offered the registered tools the run's policy allows.
+	var offered []provider.ToolSpec
+	for _, ts := range tools.Specs(r.e.d.Tools) {
+		if ok, _ := pol.Decide(ts.Name); ok {
+			offered = append(offered, provider.ToolSpec{Name: ts.Name, Description: ts.Description, InputSchema: ts.InputSchema})
+		}
+	}
 	msgs := []provider.Message{{Role: "user", Content: text, Script: script}}
 	key := func(call int, rest string) string { return fmt.Sprintf("f:%s:m%d:%s", fr.FrameID, call, rest) }
 	for call := 1; call <= r.e.cfg.MaxModelCalls; call++ {
 		resp, replayed := replayResponse(prior, key(call, ""))
 		if !replayed {
-			resp, err = r.modelCall(turnCtx, fr, spec, provider.Request{Messages: msgs}, key(call, "fallback"))
+			resp, err = r.modelCall(turnCtx, fr, spec, provider.Request{Messages: msgs, Tools: offered}, key(call, "fallback"))
 			if err != nil {
 				if cr, canceled := r.canceledDuringTurn(ctx, fr); canceled {
 					return cr, true
@@ -360,6 +373,17 @@ func (r *runner) turn(ctx context.Context, fr store.Frame, p map[string]any) (Re
 				if cr, canceled := r.canceledDuringTurn(ctx, fr); canceled {
 					return cr, true
 				}
+			}
+			history = append(history, NewToolCallRecord(tc.Name, tc.Input, res))
+			if det, hit := DetectLoop(history, r.e.cfg.Loop); hit {
+				if _, err := r.append(ctx, "run.loop_detected", map[string]any{"frame_id": fr.FrameID, "tool_call_id": callID,
+					"detector": det.Detector, "level": det.Level, "count": det.Count, "message": det.Message,
+					"reason_code": LoopReasonCode}, key(call, fmt.Sprintf("t%d", j))+":loop", 0, fr.Trace); err != nil {
+					return r.fail(err), true
+				}
+				r.e.d.Metrics.ParityFailure("loop", det.Detector, "runs.executor")
+				return r.finish(ctx, store.StatusFailed, "loop_detected", det.Message, fr,
+					map[string]any{"reason_code": LoopReasonCode, "detector": det.Detector}), true
 			}
 			content, _ := json.Marshal(res)
 			msgs = append(msgs, provider.Message{Role: "tool", ToolCallID: tc.ID, Content: string(content)})
@@ -446,11 +470,26 @@ func (r *runner) modelCall(ctx context.Context, fr store.Frame, spec ProviderSpe
 	return resp, err
 }
 
-// toolPolicy is the run's `tools` document: allow and deny lists.
+// toolPolicy reads the run's `tools` list: tool names (globs and groups
+// allowed) the run may call, plus objects {"allow":[...],"deny":[...]}; an
+// empty list allows every registered tool. Deny wins.
 func (r *runner) toolPolicy() policy.Policy {
 	var p policy.Policy
-	if len(r.run_.Tools) > 0 {
-		_ = json.Unmarshal(r.run_.Tools, &p) // validated when the run was created
+	var items []json.RawMessage
+	if len(r.run_.Tools) == 0 || json.Unmarshal(r.run_.Tools, &items) != nil {
+		return p // validated when the run was created
+	}
+	for _, it := range items {
+		var name string
+		if json.Unmarshal(it, &name) == nil {
+			p.Allow = append(p.Allow, name)
+			continue
+		}
+		var obj policy.Policy
+		if json.Unmarshal(it, &obj) == nil {
+			p.Allow = append(p.Allow, obj.Allow...)
+			p.Deny = append(p.Deny, obj.Deny...)
+		}
 	}
 	return p
 }
@@ -489,7 +528,7 @@ func (r *runner) toolCall(turnCtx, ctx context.Context, fr store.Frame, tc provi
 	r.e.d.Metrics.ToolDuration(tc.Name, res.Status, d)
 	r.e.d.Metrics.ToolLifecycle(tc.Name, "terminal", res.Status)
 	if strings.HasPrefix(res.ErrorClass, "ssrf_block.") {
-		r.e.d.Metrics.ParityFailure("network", res.ErrorClass, "tools.egress")
+		r.e.d.Metrics.ParityFailure("network", res.ErrorClass, "tools.network")
 	}
 	payload := map[string]any{"tool_call_id": callID, "tool_name": tc.Name, "status": res.Status, "frame_id": fr.FrameID, "duration_ms": d.Milliseconds()}
 	if res.Output != nil {
@@ -552,8 +591,30 @@ func (r *runner) deniedTool(ctx context.Context, fr store.Frame, tc provider.Too
 	if _, err := r.append(ctx, "policy.decision", map[string]any{"decision": "denied", "reason": reason, "tool_name": tc.Name, "tool_call_id": callID, "frame_id": fr.FrameID}, key+":policy", 0, fr.Trace); err != nil {
 		return tools.Result{}, err
 	}
+	// The tool never ran: a denial is a policy signal, not a tool failure.
 	res := tools.Result{Status: tools.Failed, ErrorClass: reason, Error: "tool " + tc.Name + " denied by policy"}
-	r.e.d.Metrics.ToolLifecycle(tc.Name, "terminal", res.Status)
 	_, err := r.append(ctx, "tool.result", map[string]any{"tool_call_id": callID, "tool_name": tc.Name, "status": res.Status, "error_class": reason, "error": res.Error, "frame_id": fr.FrameID}, key+":result", 0, fr.Trace)
 	return res, err
+}
+
+// toolHistory rebuilds the run's tool calls from earlier frames for loop
+// detection.
+func (r *runner) toolHistory(ctx context.Context, frameID string) ([]ToolCallRecord, error) {
+	var evs []store.Event
+	var after int64
+	for {
+		page, err := r.e.d.Store.ListEvents(ctx, r.lease.RunID, after, 500)
+		if err != nil {
+			return nil, err
+		}
+		for _, ev := range page {
+			if !strings.HasPrefix(ev.IdempotencyKey, "f:"+frameID+":") {
+				evs = append(evs, ev)
+			}
+			after = ev.Seq
+		}
+		if len(page) < 500 {
+			return LoopRecordsFromEvents(evs), nil
+		}
+	}
 }

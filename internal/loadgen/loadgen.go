@@ -33,7 +33,7 @@ type Profile struct {
 	Name     string
 	Rate     float64
 	Provider map[string]any // run.provider
-	Tools    map[string]any // run.tools (allow/deny policy)
+	Tools    []any          // run.tools: allowed tool names and {"allow","deny"} objects
 	Metadata map[string]any // run.metadata
 	Frame    map[string]any // user_message payload: {text, script}
 	Stream   string
@@ -59,7 +59,7 @@ func Profiles() map[string]Profile {
 		"breaker": {Name: "breaker", Rate: 1, Provider: map[string]any{"name": "scripted-primary", "faults": map[string]any{"error_rate": 1.0}},
 			Frame: map[string]any{"text": "hi"}},
 		// every tool call is denied by the run's tool policy.
-		"deny": {Name: "deny", Rate: 2, Tools: map[string]any{"deny": []string{"echo"}},
+		"deny": {Name: "deny", Rate: 2, Tools: []any{"sleep", map[string]any{"deny": []string{"echo"}}},
 			Frame: say(map[string]any{"tool": "echo", "input": map[string]any{}}, map[string]any{"answer": "denied"})},
 		// streams are dropped before run.finished.
 		"drop-stream": {Name: "drop-stream", Rate: 2, Stream: StreamDrop,

@@ -142,7 +142,14 @@ func LabelValues() map[string][]string {
 		"authorized", "missing_token", "invalid_token", "expired", "not_yet_valid", "revoked",
 		"unknown_kid", "claim_mismatch", "scope_denied",
 		// parity: loop detectors, manifest and workflow findings
-		"loop_detected.no_progress", "generic_repeat", "ping_pong", "known_poll",
+		"loop_detected.no_progress", "generic_repeat", "ping_pong", "known_poll", "known_poll_no_progress",
+		// provider error classes (internal/provider)
+		"provider_auth", "provider_5xx", "provider_bad_request",
+		// tool error classes (internal/tools)
+		"invalid_input", "unknown_tool", "tool_http_3xx", "tool_http_4xx", "tool_http_5xx",
+		"tool_http_error", "tool_invalid_output", "tool_output_too_large",
+		// manifest rejections
+		"invalid_name", "invalid_endpoint", "duplicate",
 		"global_circuit_breaker",
 		"invalid_schema", "invalid_manifest", "manifest_validation.invalid_schema",
 		"receipt_verification_failed", "workflow.output_schema_violation",
