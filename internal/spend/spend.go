@@ -171,7 +171,7 @@ func (g *Guard) Authorize(ctx context.Context, run store.Run, callKey string, am
 		return d, fmt.Errorf("spend: authorize %s: %w", callKey, err)
 	}
 	d.AuthorizationID, d.Mode = env.AuthorizationID, env.Mode
-	_, _, err = g.st.EnsureAuthorization(ctx, store.EnsureAuthorizationInput{
+	a, _, err := g.st.EnsureAuthorization(ctx, store.EnsureAuthorizationInput{
 		AuthorizationID: env.AuthorizationID, RunID: run.RunID, Mode: env.Mode,
 		MaxTotalSats: env.MaxTotalSats, ExpiresAt: env.ExpiresAt,
 	})
@@ -182,6 +182,13 @@ func (g *Guard) Authorize(ctx context.Context, run store.Run, callKey string, am
 	}
 	if err != nil {
 		return d, fmt.Errorf("spend: authorize %s: %w", callKey, err)
+	}
+	if amountSats > store.MaxSpendAmount {
+		// No budget can be this large (max_total_sats is bounded alike), so
+		// the store would refuse the input; the honest answer is a denial.
+		f := figures(a)
+		d.Budget = &f
+		return g.deny(d, ReasonBudgetExhausted, denyDetail(ReasonBudgetExhausted, amountSats, f, env)), nil
 	}
 	res, sd, err := g.st.Reserve(ctx, store.ReserveInput{AuthorizationID: env.AuthorizationID, CallKey: callKey, AmountSats: amountSats})
 	if err != nil {

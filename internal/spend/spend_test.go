@@ -169,6 +169,7 @@ func TestAuthorizeDecisions(t *testing.T) {
 		{"unknown mode", `{"authorization_id":"a","mode":"interactive","max_total_sats":9}`, 5, false, spend.ReasonInvalidMode, false},
 		{"within budget", authDoc("a", "delegated_budget", 10, nil), 10, true, spend.ReasonAllowed, true},
 		{"over budget", authDoc("a", "delegated_budget", 10, nil), 11, false, spend.ReasonBudgetExhausted, false},
+		{"price above any budget", authDoc("a", "delegated_budget", store.MaxSpendAmount, nil), store.MaxSpendAmount + 1, false, spend.ReasonBudgetExhausted, false},
 		{"deny_all", authDoc("a", "deny_all", 100, nil), 1, false, spend.ReasonExplicit, false},
 		{"expired", authDoc("a", "delegated_budget", 100, &past), 1, false, spend.ReasonAuthorizationExpired, false},
 		{"not yet expired", authDoc("a", "delegated_budget", 100, &future), 1, true, spend.ReasonAllowed, true},
