@@ -88,6 +88,11 @@ func phases() []phase {
 			// A policy denial is also a parity failure of class policy.
 			return e.drive(ctx, profile("deny"))
 		}},
+		{Alert: "OpenAgentsRuntimeParityFailureSpike", Start: func(ctx context.Context, t *testing.T, e *env) func() {
+			// Loop detection: every run repeats one tool call until it is
+			// stopped, a parity failure of class loop.
+			return e.drive(ctx, profile("loop"))
+		}},
 		{Alert: "OpenAgentsKhalaTokenMintFailureRatioHigh", Start: func(ctx context.Context, t *testing.T, e *env) func() {
 			setFault(t, e, "token-mint", map[string]any{"fail": true})
 			return func() { setFault(t, e, "token-mint", map[string]any{"fail": false}) }

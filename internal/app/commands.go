@@ -14,6 +14,7 @@ import (
 	"github.com/oaruntime/oaruntime/internal/config"
 	"github.com/oaruntime/oaruntime/internal/loadgen"
 	"github.com/oaruntime/oaruntime/internal/ops"
+	"github.com/oaruntime/oaruntime/internal/projection"
 	"github.com/oaruntime/oaruntime/internal/sync/token"
 	"github.com/oaruntime/oaruntime/internal/tools/policy"
 )
@@ -108,8 +109,31 @@ func opsCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return ops.Command(ctx, args, stdout, stderr)
 }
 
+// khalaCmd runs `oaruntime khala reproject|verify` against the configured
+// database; results are recorded in the store, from which the serving
+// process exports them as metrics.
 func khalaCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	return notYet("khala", stderr)
+	var cfg config.Config
+	fs := flag.NewFlagSet("khala", flag.ContinueOnError)
+	cfg.Register(fs)
+	// Store flags come first; the rest is the khala subcommand and its flags.
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return 2
+	}
+	if cfg.DatabaseURL == "" {
+		cfg.DatabaseURL = "sqlite:" + dataPath(cfg.DataDir, config.DefaultDBFile)
+	}
+	st, err := openStore(ctx, &cfg)
+	if err != nil {
+		fmt.Fprintln(stderr, "oaruntime khala:", err)
+		return 1
+	}
+	defer st.Close()
+	if err := st.Migrate(ctx); err != nil {
+		fmt.Fprintln(stderr, "oaruntime khala: migrate:", err)
+		return 1
+	}
+	return projection.CommandWith(ctx, st, nil, projection.CommandConfig{Sink: newSink(&cfg, st)}, fs.Args(), stdout, stderr, isTerminal(stderr))
 }
 
 // loadgenCmd drives named workloads (and, with --fault, the operator fault
@@ -199,9 +223,4 @@ func profileNames() []string {
 	}
 	sort.Strings(out)
 	return out
-}
-
-func notYet(cmd string, stderr io.Writer) int {
-	fmt.Fprintf(stderr, "oaruntime %s: not available in this build yet\n", cmd)
-	return 2
 }

@@ -22,13 +22,23 @@ import (
 	"github.com/oaruntime/oaruntime/internal/executor"
 	"github.com/oaruntime/oaruntime/internal/httpapi"
 	"github.com/oaruntime/oaruntime/internal/notify"
+	"github.com/oaruntime/oaruntime/internal/projection"
 	"github.com/oaruntime/oaruntime/internal/store"
 	"github.com/oaruntime/oaruntime/internal/store/postgres"
 	"github.com/oaruntime/oaruntime/internal/store/sqlite"
 	"github.com/oaruntime/oaruntime/internal/stream"
 	"github.com/oaruntime/oaruntime/internal/sync/token"
 	"github.com/oaruntime/oaruntime/internal/telemetry"
+	"github.com/oaruntime/oaruntime/internal/workers"
 )
+
+// newSink is the configured projection sink.
+func newSink(cfg *config.Config, st migratingStore) projection.Sink {
+	if cfg.KhalaSink == "http" {
+		return &projection.HTTPSink{BaseURL: cfg.KhalaURL, AdminKey: cfg.KhalaAdminKey, Store: st}
+	}
+	return projection.BuiltinSink{Store: st}
+}
 
 // principal is the signed subject of an authenticated request.
 func principal(r *http.Request) (string, bool) {
@@ -39,8 +49,11 @@ func principal(r *http.Request) (string, bool) {
 	return c.Sub, true
 }
 
+// migratingStore is what both drivers provide.
 type migratingStore interface {
 	store.Store
+	store.ProjectionStore
+	store.WorkerStore
 	Migrate(ctx context.Context) error
 }
 
@@ -104,6 +117,7 @@ type Server struct {
 	Stream   *stream.Service
 	Handler  http.Handler
 	Minter   *token.Minter
+	Proj     *projection.Projector
 
 	faults        faultState
 	shutdown      chan struct{}
@@ -151,6 +165,13 @@ func NewServer(ctx context.Context, cfg *config.Config, logOut io.Writer) (*Serv
 		return nil, fmt.Errorf("sync token keys: %w", err)
 	}
 	s.Minter = minter
+	s.Proj = projection.New(st, newSink(cfg, st), hub, m, projection.Config{Serving: true, Logger: log, Tracer: tp.Tracer("oaruntime/projection")})
+	routes := []httpapi.Route{{Pattern: "POST /api/khala/token", Handler: token.NewHandler(minter, principal, m, log)}}
+	for _, r := range s.Proj.Routes(cfg.EnableFaults) {
+		routes = append(routes, httpapi.Route{Pattern: r.Pattern, Handler: r.Handler})
+	}
+	routes = append(routes, workers.Routes(st, log)...)
+	routes = append(routes, s.faultRoutes()...)
 	s.Stream = stream.New(stream.Config{Heartbeat: cfg.StreamHeartbeat, IdleTimeout: cfg.StreamIdle, Shutdown: s.shutdown}, st, hub, m, log)
 	s.Handler = httpapi.New(httpapi.Deps{
 		Store: st, Metrics: m, Logger: log, Verifier: verifier, Stream: s.Stream,
@@ -158,14 +179,18 @@ func NewServer(ctx context.Context, cfg *config.Config, logOut io.Writer) (*Serv
 		MetricsHandler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
 		Version:        Version,
 		Fault:          s.httpFault,
-		Routes: append([]httpapi.Route{
-			{Pattern: "POST /api/khala/token", Handler: token.NewHandler(minter, principal, m, log)},
-		}, s.faultRoutes()...),
+		Routes:         routes,
 		Ready: []httpapi.Check{
 			{Name: "database", Fn: st.Ping},
 			{Name: "notification_listener", Fn: func(context.Context) error {
 				if !st.ListenerUp() {
 					return errors.New("notification listener down")
+				}
+				return nil
+			}},
+			{Name: "projector", Fn: func(context.Context) error {
+				if !s.Proj.Running() {
+					return errors.New("projector not running")
 				}
 				return nil
 			}},
@@ -181,6 +206,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.bg = cancel
 	go func() { _ = s.Hub.Run(bg, s.Store) }()
 	go s.healthLoop(bg)
+	if err := s.Proj.Start(bg); err != nil {
+		cancel()
+		return fmt.Errorf("start projector: %w", err)
+	}
 	s.Exec.Start(bg)
 	s.Janitor.Start(bg)
 	hs := &http.Server{Handler: s.Handler, ReadHeaderTimeout: 10 * time.Second}
@@ -202,6 +231,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if err := s.Exec.Stop(sctx); err != nil {
 		s.Log.Warn("executor stop", "error", err)
 	}
+	s.Proj.Stop()
 	cancel()
 	s.Close()
 	if errors.Is(serveErr, http.ErrServerClosed) {

@@ -19,6 +19,7 @@ import (
 	"github.com/oaruntime/oaruntime/internal/breaker"
 	"github.com/oaruntime/oaruntime/internal/notify"
 	"github.com/oaruntime/oaruntime/internal/provider"
+	"github.com/oaruntime/oaruntime/internal/spend"
 	"github.com/oaruntime/oaruntime/internal/store"
 	"github.com/oaruntime/oaruntime/internal/telemetry"
 	"github.com/oaruntime/oaruntime/internal/tools"
@@ -69,6 +70,9 @@ type Deps struct {
 	Tools     *tools.Registry
 	// Breakers guard model calls per provider; nil uses a default registry.
 	Breakers *breaker.Registry
+	// Spend checks priced model and tool calls; nil builds one over Store
+	// when it implements spend.Store (both drivers do).
+	Spend *spend.Guard
 }
 
 // Executor is the per-node run executor service.
@@ -105,6 +109,11 @@ func New(cfg Config, d Deps) *Executor {
 	}
 	if d.Breakers == nil {
 		d.Breakers = breaker.NewRegistry(breaker.Config{}, d.Metrics)
+	}
+	if d.Spend == nil {
+		if ss, ok := d.Store.(spend.Store); ok {
+			d.Spend = spend.NewGuard(ss, d.Metrics)
+		}
 	}
 	if d.Tools == nil {
 		d.Tools = tools.NewRegistry(tools.Echo{}, tools.Sleep{})

@@ -14,6 +14,7 @@ import (
 	"github.com/oaruntime/oaruntime/internal/breaker"
 	"github.com/oaruntime/oaruntime/internal/provider"
 	"github.com/oaruntime/oaruntime/internal/runs"
+	"github.com/oaruntime/oaruntime/internal/spend"
 	"github.com/oaruntime/oaruntime/internal/store"
 	"github.com/oaruntime/oaruntime/internal/telemetry"
 	"github.com/oaruntime/oaruntime/internal/tools"
@@ -34,6 +35,9 @@ type ProviderSpec struct {
 	Model    string          `json:"model,omitempty"`
 	Fallback string          `json:"fallback,omitempty"`
 	Faults   provider.Faults `json:"faults"`
+	// CostSats is the price of one model call (primary or fallback), reserved
+	// from the run's spend authorization before the call. 0 = free.
+	CostSats int64 `json:"cost_sats,omitempty"`
 }
 
 func (s ProviderSpec) primary() string {
@@ -58,6 +62,10 @@ func ParseProviderSpec(raw json.RawMessage) (ProviderSpec, error) {
 // runOptions are the run's metadata switches.
 type runOptions struct {
 	KeepOpen bool `json:"keep_open"`
+	// ToolCosts prices tools for this run, in sats per call
+	// ({"tool_costs":{"echo":5}}). It can raise a tool's manifest cost, never
+	// lower it: the manifest is the operator's price.
+	ToolCosts map[string]int64 `json:"tool_costs,omitempty"`
 }
 
 // RunOnce processes the leased run's pending frames until the run is terminal
@@ -192,6 +200,10 @@ func (r *runner) finish(ctx context.Context, status, reasonClass, reason string,
 	ev, err := r.append(ctx, "run.finished", payload, "run.finished", fr.ID, fr.Trace)
 	if err != nil {
 		return r.fail(err)
+	}
+	// Whatever is still reserved belongs to calls that will never settle.
+	if _, err := r.e.d.Spend.ReleaseRun(ctx, r.lease.RunID); err != nil {
+		r.e.d.Logger.Warn("spend: release of a finished run's reservations failed", "run_id", r.lease.RunID, "err", err)
 	}
 	var got struct {
 		Status      string `json:"status"`
@@ -328,8 +340,17 @@ func (r *runner) turn(ctx context.Context, fr store.Frame, p map[string]any) (Re
 	for call := 1; call <= r.e.cfg.MaxModelCalls; call++ {
 		resp, replayed := replayResponse(prior, key(call, ""))
 		if !replayed {
+			// Spend check before the call; a denied model call fails the run.
+			dec, err := r.e.d.Spend.Authorize(ctx, r.run_, key(call, "spend"), max(spec.CostSats, 0))
+			if err != nil {
+				return r.fail(err), true
+			}
+			if !dec.Allowed {
+				return r.deniedModel(ctx, fr, dec, key(call, "")), true
+			}
 			resp, err = r.modelCall(turnCtx, fr, spec, provider.Request{Messages: msgs, Tools: offered}, key(call, "fallback"))
 			if err != nil {
+				r.releaseSpend(ctx, dec)
 				if cr, canceled := r.canceledDuringTurn(ctx, fr); canceled {
 					return cr, true
 				}
@@ -337,6 +358,11 @@ func (r *runner) turn(ctx context.Context, fr store.Frame, p map[string]any) (Re
 					return r.fail(err), true
 				}
 				return r.finish(ctx, store.StatusFailed, provider.Class(err), err.Error(), fr, nil), true
+			}
+			// Committed before the deltas are appended: a crash in between
+			// retries the call under the same key and is charged once.
+			if err := r.e.d.Spend.Commit(ctx, dec, dec.AmountSats); err != nil {
+				return r.fail(err), true
 			}
 		}
 		for i, d := range resp.Deltas {
@@ -515,6 +541,14 @@ func (r *runner) toolCall(turnCtx, ctx context.Context, fr store.Frame, tc provi
 		return r.deniedTool(ctx, fr, tc, callID, key, reason)
 	}
 	r.e.d.Metrics.PolicyDecision("allowed", "allowed")
+	cost := r.toolCost(tc.Name)
+	dec, err := r.e.d.Spend.Authorize(ctx, r.run_, key+":spend", cost)
+	if err != nil {
+		return tools.Result{}, err
+	}
+	if !dec.Allowed {
+		return r.spendDeniedTool(ctx, fr, tc, callID, key, dec)
+	}
 	r.e.d.Metrics.ToolLifecycle(tc.Name, "start", "ok")
 	tctx, span := r.e.d.Tracer.Start(turnCtx, "tool.call")
 	span.SetAttributes(attribute.String("tool", tc.Name), attribute.String("tool_call_id", callID))
@@ -525,12 +559,26 @@ func (r *runner) toolCall(turnCtx, ctx context.Context, fr store.Frame, tc provi
 		span.SetStatus(codes.Error, res.ErrorClass)
 	}
 	span.End()
+	// Settled with ctx, not turnCtx: a canceled call still returns its sats.
+	if res.Status == tools.Succeeded {
+		if err := r.e.d.Spend.Commit(ctx, dec, cost); err != nil {
+			return res, err
+		}
+	} else {
+		r.releaseSpend(ctx, dec)
+	}
 	r.e.d.Metrics.ToolDuration(tc.Name, res.Status, d)
 	r.e.d.Metrics.ToolLifecycle(tc.Name, "terminal", res.Status)
 	if strings.HasPrefix(res.ErrorClass, "ssrf_block.") {
 		r.e.d.Metrics.ParityFailure("network", res.ErrorClass, "tools.network")
 	}
 	payload := map[string]any{"tool_call_id": callID, "tool_name": tc.Name, "status": res.Status, "frame_id": fr.FrameID, "duration_ms": d.Milliseconds()}
+	if cost > 0 {
+		payload["cost_sats"] = cost
+		if res.Status != tools.Succeeded {
+			payload["cost_sats"] = 0 // released: a failed call is not charged
+		}
+	}
 	if res.Output != nil {
 		var out any
 		_ = json.Unmarshal(res.Output, &out)
@@ -617,4 +665,66 @@ func (r *runner) toolHistory(ctx context.Context, frameID string) ([]ToolCallRec
 			return LoopRecordsFromEvents(evs), nil
 		}
 	}
+}
+
+// toolCost is a tool's price per call: the larger of its manifest cost
+// (built-in tools cost 0) and the run's metadata tool_costs entry.
+func (r *runner) toolCost(name string) int64 {
+	var cost int64
+	if t, ok := r.e.d.Tools.Lookup(name); ok {
+		if priced, ok := t.(interface{ Cost() int64 }); ok {
+			cost = priced.Cost()
+		}
+	}
+	var o runOptions
+	_ = json.Unmarshal(r.run_.Metadata, &o)
+	return max(cost, o.ToolCosts[name])
+}
+
+// releaseSpend returns a failed call's reservation. A failure here only
+// delays the return until the run finishes (Spend.ReleaseRun in finish).
+func (r *runner) releaseSpend(ctx context.Context, dec spend.Decision) {
+	if err := r.e.d.Spend.Release(ctx, dec); err != nil {
+		r.e.d.Logger.Warn("spend: release failed", "run_id", r.lease.RunID, "call_key", dec.CallKey, "err", err)
+	}
+}
+
+// appendSpendDenial appends policy.decision and, for budget,
+// policy.budget_exhausted; the Guard already counted the denial.
+func (r *runner) appendSpendDenial(ctx context.Context, fr store.Frame, dec spend.Decision, keyPrefix string, extra map[string]any) error {
+	payload := dec.Payload()
+	payload["frame_id"] = fr.FrameID
+	for k, v := range extra {
+		payload[k] = v
+	}
+	if _, err := r.append(ctx, "policy.decision", payload, keyPrefix+"policy", 0, fr.Trace); err != nil {
+		return err
+	}
+	if dec.BudgetExhausted() {
+		if _, err := r.append(ctx, "policy.budget_exhausted", payload, keyPrefix+"budget_exhausted", 0, fr.Trace); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// deniedModel records a spend denial of a model call and fails the run with
+// the reason as its reason_class.
+func (r *runner) deniedModel(ctx context.Context, fr store.Frame, dec spend.Decision, keyPrefix string) Result {
+	if err := r.appendSpendDenial(ctx, fr, dec, keyPrefix, map[string]any{"call": "model"}); err != nil {
+		return r.fail(err)
+	}
+	return r.finish(ctx, store.StatusFailed, dec.Reason, "model call denied by spend policy: "+dec.Detail, fr, nil)
+}
+
+// spendDeniedTool records a spend denial of a tool call and returns a failed
+// tool.result (error_class = the reason) to the model without running the
+// tool. Like deniedTool, the tool never ran: no tool lifecycle metric.
+func (r *runner) spendDeniedTool(ctx context.Context, fr store.Frame, tc provider.ToolCall, callID, key string, dec spend.Decision) (tools.Result, error) {
+	if err := r.appendSpendDenial(ctx, fr, dec, key+":", map[string]any{"call": "tool", "tool_name": tc.Name, "tool_call_id": callID}); err != nil {
+		return tools.Result{}, err
+	}
+	res := tools.Result{Status: tools.Failed, ErrorClass: dec.Reason, Error: "tool " + tc.Name + " denied by spend policy: " + dec.Detail}
+	_, err := r.append(ctx, "tool.result", map[string]any{"tool_call_id": callID, "tool_name": tc.Name, "status": res.Status, "error_class": res.ErrorClass, "error": res.Error, "frame_id": fr.FrameID}, key+":result", 0, fr.Trace)
+	return res, err
 }

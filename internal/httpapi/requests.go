@@ -3,6 +3,7 @@ package httpapi
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"strings"
@@ -11,6 +12,8 @@ import (
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
 	"github.com/oaruntime/oaruntime/internal/runs"
+	"github.com/oaruntime/oaruntime/internal/spend"
+	"github.com/oaruntime/oaruntime/internal/store"
 )
 
 // The request bodies and their validation, kept apart from the handlers so
@@ -80,6 +83,7 @@ type providerSpec struct {
 	Name     string `json:"name"`
 	Model    string `json:"model"`
 	Fallback string `json:"fallback"`
+	CostSats *int64 `json:"cost_sats"`
 	Faults   *struct {
 		LatencyMS *int64   `json:"latency_ms"`
 		ErrorRate *float64 `json:"error_rate"`
@@ -95,6 +99,9 @@ func validateProvider(field string, raw json.RawMessage) *APIError {
 		if len(v) > MaxIDLen {
 			return invalid(field+"."+name, "longer than %d characters", MaxIDLen)
 		}
+	}
+	if p.CostSats != nil && (*p.CostSats < 0 || *p.CostSats > store.MaxSpendAmount) {
+		return invalid(field+".cost_sats", "must be between 0 and %d", store.MaxSpendAmount)
 	}
 	if f := p.Faults; f != nil {
 		if f.LatencyMS != nil && (*f.LatencyMS < 0 || *f.LatencyMS > 600_000) {
@@ -153,6 +160,16 @@ func validateAuthorization(field string, raw json.RawMessage) *APIError {
 		if json.Unmarshal(v, &n) != nil || n < 0 {
 			return invalid(field+".max_total_sats", "must be a non-negative integer")
 		}
+	}
+	// The executor's spend guard reads the document with the same parser:
+	// whatever passes here is enforceable (closed mode set, required
+	// max_total_sats for delegated_budget, RFC 3339 expires_at).
+	if _, _, err := spend.ParseAuthorization(raw); err != nil {
+		var fe *spend.FieldError
+		if errors.As(err, &fe) {
+			return invalid(fe.Field, "%s", fe.Msg)
+		}
+		return invalid(field, "%v", err)
 	}
 	return nil
 }

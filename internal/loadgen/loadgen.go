@@ -64,9 +64,19 @@ func Profiles() map[string]Profile {
 		// streams are dropped before run.finished.
 		"drop-stream": {Name: "drop-stream", Rate: 2, Stream: StreamDrop,
 			Frame: say(map[string]any{"say": "a"}, map[string]any{"sleep_ms": 500}, map[string]any{"answer": "b"})},
+		// the model repeats one tool call until loop detection stops the run.
+		"loop": {Name: "loop", Rate: 1, Frame: say(repeat(map[string]any{"tool": "echo", "input": map[string]any{"same": true}}, 12)...)},
 		// runs with many events: projection lag under a slowed projector.
 		"chatty": {Name: "chatty", Rate: 2, Frame: say(chatty(60)...)},
 	}
+}
+
+func repeat(step map[string]any, n int) []map[string]any {
+	out := make([]map[string]any, 0, n+1)
+	for i := 0; i < n; i++ {
+		out = append(out, step)
+	}
+	return append(out, map[string]any{"answer": "unreachable"})
 }
 
 func chatty(n int) []map[string]any {
