@@ -358,7 +358,12 @@ func checkAll(ctx context.Context, r *rec, c *client.Client, plans []*plannedRun
 
 // inFlight counts runs with a tool call that has no result yet.
 func inFlight(ctx context.Context, c *client.Client, plans []*plannedRun) int {
-	n := 0
+	return len(inFlightRuns(ctx, c, plans))
+}
+
+// inFlightRuns lists the runs with a tool call that has no result yet.
+func inFlightRuns(ctx context.Context, c *client.Client, plans []*plannedRun) map[string]bool {
+	n := map[string]bool{}
 	for _, p := range plans {
 		evs, err := listEvents(ctx, c, p.RunID)
 		if err != nil {
@@ -374,7 +379,7 @@ func inFlight(ctx context.Context, c *client.Client, plans []*plannedRun) int {
 			}
 		}
 		if calls > results {
-			n++
+			n[p.RunID] = true
 		}
 	}
 	return n

@@ -65,7 +65,7 @@ func (d *Driver) replicaFailover(ctx context.Context, kind string) Result {
 		tag := fmt.Sprintf("f%02d", i)
 		firstMS := 1500 + (i%4)*400
 		if i < first {
-			firstMS = 7000 // still in its first tool when the victim dies
+			firstMS = 10000 // still in its first tool when the victim dies
 		}
 		return &plannedRun{
 			RunID: fmt.Sprintf("run_failover_%s_%s", randHex(4), tag), FrameID: "frame_" + tag,
@@ -98,8 +98,14 @@ func (d *Driver) replicaFailover(ctx context.Context, kind string) Result {
 	}
 	r.count("replicas", int64(len(nodes)))
 	r.count("runs", int64(total))
-	inflight := waitInFlight(ctx, d.client(nodes[1]), plans, total/2, 10*time.Second)
+	inflight := waitInFlight(ctx, d.client(nodes[1]), plans, total/2, 5*time.Second)
 	r.count("runs_with_tool_in_flight_at_kill", int64(inflight))
+	// The victim certainly holds the first-batch runs still in their tool.
+	held := inFlightRuns(ctx, d.client(nodes[1]), plans[:first])
+	r.count("victim_runs_known_at_kill", int64(len(held)))
+	if len(held) == 0 {
+		r.failf("no first-batch run of %s was still in a tool at the kill: the drill would prove nothing", names[0])
+	}
 
 	killAt := victim.Kill()
 	d.progressf("%s/%s: SIGKILL %s with %d runs in a tool call", ReplicaFailover, kind, names[0], inflight)
@@ -119,8 +125,19 @@ func (d *Driver) replicaFailover(ctx context.Context, kind string) Result {
 	if taken == 0 {
 		r.failf("no run of the killed replica %s was reclaimed by another replica", names[0])
 	}
-	if taken < first {
-		r.failf("only %d runs of %s were reclaimed; it held at least %d", taken, names[0], first)
+	for _, rc := range checks {
+		if !held[rc.RunID] {
+			continue
+		}
+		reclaimed := false
+		for _, ev := range rc.Events {
+			if ev.EventType == "run.executor_lost" && leaseOwner(ev) == names[0] && !ev.CreatedAt.Before(killAt) {
+				reclaimed = true
+			}
+		}
+		if !reclaimed {
+			r.failf("%s: held by %s in a tool at the kill, but no run.executor_lost for its lease", rc.RunID, names[0])
+		}
 	}
 	for _, n := range nodes[1:] {
 		if !n.Alive() {
