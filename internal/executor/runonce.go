@@ -1,13 +1,16 @@
 package executor
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 
+	"github.com/santhosh-tekuri/jsonschema/v6"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 
@@ -318,6 +321,12 @@ func (r *runner) turn(ctx context.Context, fr store.Frame, p map[string]any) (Re
 	if err != nil {
 		return r.fail(err), true
 	}
+	// Compiled before any model call: a run whose schema cannot be used
+	// fails before it spends anything.
+	schema, err := CompileOutputSchema(r.run_.OutputSchema)
+	if err != nil {
+		return r.outputViolation(ctx, fr, []string{err.Error()}), true
+	}
 	// A cancel request interrupts model and tool calls in flight.
 	turnCtx, stopWatch := r.watchCancel(ctx)
 	defer stopWatch()
@@ -336,7 +345,7 @@ func (r *runner) turn(ctx context.Context, fr store.Frame, p map[string]any) (Re
 		}
 	}
 	msgs := []provider.Message{{Role: "user", Content: text, Script: script}}
-	key := func(call int, rest string) string { return fmt.Sprintf("f:%s:m%d:%s", fr.FrameID, call, rest) }
+	key := func(call int, rest string) string { return StepKey(fr.FrameID, call, rest) }
 	for call := 1; call <= r.e.cfg.MaxModelCalls; call++ {
 		resp, replayed := replayResponse(prior, key(call, ""))
 		if !replayed {
@@ -348,7 +357,8 @@ func (r *runner) turn(ctx context.Context, fr store.Frame, p map[string]any) (Re
 			if !dec.Allowed {
 				return r.deniedModel(ctx, fr, dec, key(call, "")), true
 			}
-			resp, err = r.modelCall(turnCtx, fr, spec, provider.Request{Messages: msgs, Tools: offered}, key(call, "fallback"))
+			var used string
+			resp, used, err = r.modelCall(turnCtx, fr, spec, provider.Request{Messages: msgs, Tools: offered}, key(call, "fallback"))
 			if err != nil {
 				r.releaseSpend(ctx, dec)
 				if cr, canceled := r.canceledDuringTurn(ctx, fr); canceled {
@@ -357,7 +367,10 @@ func (r *runner) turn(ctx context.Context, fr store.Frame, p map[string]any) (Re
 				if errors.Is(err, store.ErrFenced) || ctx.Err() != nil {
 					return r.fail(err), true
 				}
-				return r.finish(ctx, store.StatusFailed, provider.Class(err), err.Error(), fr, nil), true
+				// The failed call leaves no other trace in the log: the
+				// receipt reads which call and provider failed from here.
+				return r.finish(ctx, store.StatusFailed, provider.Class(err), err.Error(), fr,
+					map[string]any{"failed_step": "model_call", "model_call": call, "provider": used}), true
 			}
 			// Committed before the deltas are appended: a crash in between
 			// retries the call under the same key and is charged once.
@@ -371,10 +384,18 @@ func (r *runner) turn(ctx context.Context, fr store.Frame, p map[string]any) (Re
 			}
 		}
 		if len(resp.ToolCalls) == 0 {
+			// Validated before anything is appended, and again identically
+			// when a resumed executor replays the answer.
+			var violations []string
+			if schema != nil {
+				violations = ValidateOutput(schema, FinalAnswer(resp))
+			}
 			// With keep_open the answer event advances the frame cursor;
-			// otherwise run.finished does, in the same transaction.
+			// otherwise run.finished does, in the same transaction. A
+			// violating answer is recorded but never advances the cursor:
+			// the failing run.finished does.
 			var cursor int64
-			if r.keepOpen() {
+			if r.keepOpen() && len(violations) == 0 {
 				cursor = fr.ID
 			}
 			if resp.Answer != "" || len(resp.Deltas) == 0 || cursor != 0 {
@@ -382,10 +403,17 @@ func (r *runner) turn(ctx context.Context, fr store.Frame, p map[string]any) (Re
 					return r.fail(err), true
 				}
 			}
+			if len(violations) > 0 {
+				return r.outputViolation(ctx, fr, violations), true
+			}
 			if cursor != 0 {
 				return Result{}, false
 			}
-			return r.finish(ctx, store.StatusSucceeded, "completed", "input answered", fr, nil), true
+			var extra map[string]any
+			if schema != nil {
+				extra = map[string]any{"output_schema": map[string]any{"valid": true}}
+			}
+			return r.finish(ctx, store.StatusSucceeded, "completed", "input answered", fr, extra), true
 		}
 		assistant := provider.Message{Role: "assistant", ToolCalls: resp.ToolCalls}
 		msgs = append(msgs, assistant)
@@ -416,6 +444,41 @@ func (r *runner) turn(ctx context.Context, fr store.Frame, p map[string]any) (Re
 		}
 	}
 	return r.finish(ctx, store.StatusFailed, "loop_detected", fmt.Sprintf("more than %d model calls in one turn", r.e.cfg.MaxModelCalls), fr, nil), true
+}
+
+// StepKey is the idempotency key of a step of model call `call` (1-based)
+// of the turn of frameID: "f:<frame_id>:m<call>:<step>". Steps: d<i> (the
+// i-th delta), a (the answer), t<j>:call / t<j>:result / t<j>:policy /
+// t<j>:budget_exhausted / t<j>:loop (the j-th tool call it requested),
+// fallback (provider.fallback), policy / budget_exhausted (a spend denial
+// of the call itself). Spend reservations use the step "spend" (and
+// t<j>:spend) as their call key.
+func StepKey(frameID string, call int, step string) string {
+	return fmt.Sprintf("f:%s:m%d:%s", frameID, call, step)
+}
+
+// ParseStepKey reads a key written by StepKey for frameID (the event's
+// payload frame_id, which may itself contain ':'); ok=false for any other
+// key.
+func ParseStepKey(key, frameID string) (call int, step string, ok bool) {
+	rest, found := strings.CutPrefix(key, "f:"+frameID+":m")
+	if !found {
+		return 0, "", false
+	}
+	num, step, found := strings.Cut(rest, ":")
+	if !found || num == "" || len(num) > 9 {
+		return 0, "", false
+	}
+	for _, c := range num {
+		if c < '0' || c > '9' {
+			return 0, "", false
+		}
+		call = call*10 + int(c-'0')
+	}
+	if call == 0 || step == "" {
+		return 0, "", false
+	}
+	return call, step, true
 }
 
 func (r *runner) keepOpen() bool {
@@ -469,7 +532,7 @@ func replayResponse(prior map[string]store.Event, prefix string) (provider.Respo
 
 // modelCall calls the run's provider through its circuit breaker, falling
 // back (and recording provider.fallback) while the primary's breaker is open.
-func (r *runner) modelCall(ctx context.Context, fr store.Frame, spec ProviderSpec, req provider.Request, fallbackKey string) (provider.Response, error) {
+func (r *runner) modelCall(ctx context.Context, fr store.Frame, spec ProviderSpec, req provider.Request, fallbackKey string) (provider.Response, string, error) {
 	var resp provider.Response
 	used, fellBack, reason, err := r.e.d.Breakers.Call(ctx, spec.primary(), spec.Fallback, func(ctx context.Context, name string) error {
 		p, err := r.e.d.Providers(r.run_, name)
@@ -487,13 +550,13 @@ func (r *runner) modelCall(ctx context.Context, fr store.Frame, spec ProviderSpe
 	})
 	if fellBack {
 		if _, aerr := r.append(ctx, "provider.fallback", map[string]any{"from": spec.primary(), "to": used, "reason": reason, "frame_id": fr.FrameID}, fallbackKey, 0, fr.Trace); aerr != nil {
-			return resp, aerr
+			return resp, used, aerr
 		}
 	}
 	if errors.Is(err, breaker.ErrCircuitOpen) {
-		return resp, &provider.Error{Class: breaker.ReasonCircuitOpen, Err: err}
+		return resp, used, &provider.Error{Class: breaker.ReasonCircuitOpen, Err: err}
 	}
-	return resp, err
+	return resp, used, err
 }
 
 // toolPolicy reads the run's `tools` list: tool names (globs and groups
@@ -549,16 +612,45 @@ func (r *runner) toolCall(turnCtx, ctx context.Context, fr store.Frame, tc provi
 	if !dec.Allowed {
 		return r.spendDeniedTool(ctx, fr, tc, callID, key, dec)
 	}
-	r.e.d.Metrics.ToolLifecycle(tc.Name, "start", "ok")
-	tctx, span := r.e.d.Tracer.Start(turnCtx, "tool.call")
-	span.SetAttributes(attribute.String("tool", tc.Name), attribute.String("tool_call_id", callID))
-	start := time.Now()
-	res := r.e.d.Tools.Run(tctx, tc.Name, input)
-	d := time.Since(start)
-	if res.Status != tools.Succeeded {
-		span.SetStatus(codes.Error, res.ErrorClass)
+	var (
+		res tools.Result
+		d   time.Duration
+		ran bool
+	)
+	runTool := func(ctx context.Context) tools.Result {
+		ran = true
+		r.e.d.Metrics.ToolLifecycle(tc.Name, "start", "ok")
+		tctx, span := r.e.d.Tracer.Start(ctx, "tool.call")
+		span.SetAttributes(attribute.String("tool", tc.Name), attribute.String("tool_call_id", callID))
+		start := time.Now()
+		res := r.e.d.Tools.Run(tctx, tc.Name, input)
+		d = time.Since(start)
+		if res.Status != tools.Succeeded {
+			span.SetStatus(codes.Error, res.ErrorClass)
+		}
+		span.End()
+		return res
 	}
-	span.End()
+	prov := r.toolProvider(tc.Name)
+	if prov == "" {
+		res = runTool(turnCtx)
+	} else {
+		// One breaker per tool provider, in the registry of the model
+		// providers. No fallback: a tool has no equivalent elsewhere.
+		err := r.e.d.Breakers.Do(turnCtx, prov, func(ctx context.Context) error {
+			res = runTool(ctx)
+			return toolBreakerOutcome(res)
+		})
+		if !ran {
+			if errors.Is(err, breaker.ErrCircuitOpen) {
+				res = tools.Result{Status: tools.Failed, ErrorClass: breaker.ReasonCircuitOpen, Error: fmt.Sprintf("tool %s: %v", tc.Name, err)}
+				r.e.d.Metrics.ToolLifecycle(tc.Name, "run", "rejected")
+			} else {
+				res = tools.Result{Status: tools.Canceled, ErrorClass: "canceled", Error: "run canceled"}
+				r.e.d.Metrics.ToolLifecycle(tc.Name, "run", tools.Canceled)
+			}
+		}
+	}
 	// Settled with ctx, not turnCtx: a canceled call still returns its sats.
 	if res.Status == tools.Succeeded {
 		if err := r.e.d.Spend.Commit(ctx, dec, cost); err != nil {
@@ -567,12 +659,17 @@ func (r *runner) toolCall(turnCtx, ctx context.Context, fr store.Frame, tc provi
 	} else {
 		r.releaseSpend(ctx, dec)
 	}
-	r.e.d.Metrics.ToolDuration(tc.Name, res.Status, d)
-	r.e.d.Metrics.ToolLifecycle(tc.Name, "terminal", res.Status)
+	if ran {
+		r.e.d.Metrics.ToolDuration(tc.Name, res.Status, d)
+		r.e.d.Metrics.ToolLifecycle(tc.Name, "terminal", res.Status)
+	}
 	if strings.HasPrefix(res.ErrorClass, "ssrf_block.") {
 		r.e.d.Metrics.ParityFailure("network", res.ErrorClass, "tools.network")
 	}
 	payload := map[string]any{"tool_call_id": callID, "tool_name": tc.Name, "status": res.Status, "frame_id": fr.FrameID, "duration_ms": d.Milliseconds()}
+	if prov != "" {
+		payload["provider"] = prov
+	}
 	if cost > 0 {
 		payload["cost_sats"] = cost
 		if res.Status != tools.Succeeded {
@@ -592,6 +689,118 @@ func (r *runner) toolCall(turnCtx, ctx context.Context, fr store.Frame, tc provi
 		return res, err
 	}
 	return res, nil
+}
+
+// ReasonOutputSchemaViolation is the reason_class of a run whose final
+// answer does not match its output_schema.
+const ReasonOutputSchemaViolation = "output_schema_violation"
+
+// maxViolations bounds the schema errors recorded on run.finished.
+const maxViolations = 5
+
+// outputSchemaLoader refuses every external $ref: resolving file:// or
+// http(s):// references on a run's behalf would be a read or SSRF hole
+// (the API refuses them at create time; runs written straight to the store
+// get the same rule here).
+type outputSchemaLoader struct{}
+
+func (outputSchemaLoader) Load(u string) (any, error) {
+	return nil, fmt.Errorf("external $ref %q is not allowed", u)
+}
+
+// CompileOutputSchema compiles a run's output_schema (JSON Schema, draft
+// 2020-12 unless $schema says otherwise, no external references). nil
+// schema and nil error when the run has none.
+func CompileOutputSchema(raw json.RawMessage) (*jsonschema.Schema, error) {
+	t := bytes.TrimSpace(raw)
+	if len(t) == 0 || string(t) == "null" {
+		return nil, nil
+	}
+	doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(t))
+	if err != nil {
+		return nil, fmt.Errorf("output_schema: not JSON: %w", err)
+	}
+	c := jsonschema.NewCompiler()
+	c.UseLoader(outputSchemaLoader{})
+	c.DefaultDraft(jsonschema.Draft2020)
+	const loc = "mem:///output_schema.json"
+	if err := c.AddResource(loc, doc); err != nil {
+		return nil, fmt.Errorf("output_schema: %w", err)
+	}
+	s, err := c.Compile(loc)
+	if err != nil {
+		// One line: the compiler's message spans several.
+		msg := strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), loc, "output_schema")), " ")
+		return nil, fmt.Errorf("output_schema: does not compile: %s", capText(msg, 300))
+	}
+	return s, nil
+}
+
+// FinalAnswer is the text of a turn's last model response that the
+// output_schema applies to: its answer, or what it said when it gave none.
+func FinalAnswer(resp provider.Response) string {
+	if resp.Answer != "" {
+		return resp.Answer
+	}
+	return strings.Join(resp.Deltas, "")
+}
+
+// ValidateOutput checks answer (JSON text) against s. It returns nothing for
+// a valid answer, else at most maxViolations one-line messages naming where
+// the answer fails ("at '/n': ...").
+func ValidateOutput(s *jsonschema.Schema, answer string) []string {
+	doc, err := jsonschema.UnmarshalJSON(strings.NewReader(answer))
+	if err != nil {
+		return []string{capText("final answer is not JSON: "+err.Error(), 300)}
+	}
+	err = s.Validate(doc)
+	if err == nil {
+		return nil
+	}
+	var ve *jsonschema.ValidationError
+	if !errors.As(err, &ve) {
+		return []string{capText(err.Error(), 300)}
+	}
+	var out []string
+	var walk func(e *jsonschema.ValidationError)
+	walk = func(e *jsonschema.ValidationError) {
+		if len(out) >= maxViolations {
+			return
+		}
+		if len(e.Causes) == 0 {
+			// The leaf alone: the wrapped error repeats the schema location.
+			leaf := &jsonschema.ValidationError{InstanceLocation: e.InstanceLocation, ErrorKind: e.ErrorKind}
+			out = append(out, capText(leaf.Error(), 300))
+			return
+		}
+		for _, c := range e.Causes {
+			walk(c)
+		}
+	}
+	walk(ve)
+	if len(out) == 0 {
+		out = []string{capText(ve.Error(), 300)}
+	}
+	return out
+}
+
+func capText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "..."
+}
+
+// outputViolation fails the run for a final answer that does not match the
+// run's output_schema (or a schema that cannot be used): a workflow parity
+// failure, and run.finished carries the errors.
+func (r *runner) outputViolation(ctx context.Context, fr store.Frame, violations []string) Result {
+	r.e.d.Metrics.ParityFailure(telemetry.ParityWorkflow, ReasonOutputSchemaViolation, "workflow")
+	return r.finish(ctx, store.StatusFailed, ReasonOutputSchemaViolation, "final answer does not match output_schema: "+violations[0], fr,
+		map[string]any{"output_schema": map[string]any{"valid": false, "errors": violations}})
 }
 
 // watchCancel returns a context canceled when the run moves to canceling.
@@ -665,6 +874,41 @@ func (r *runner) toolHistory(ctx context.Context, frameID string) ([]ToolCallRec
 			return LoopRecordsFromEvents(evs), nil
 		}
 	}
+}
+
+// toolProvider is the breaker key of a tool: its Provider() (manifest
+// tools), "" for tools that call no provider (built-ins).
+func (r *runner) toolProvider(name string) string {
+	if t, ok := r.e.d.Tools.Lookup(name); ok {
+		if p, ok := t.(interface{ Provider() string }); ok {
+			return p.Provider()
+		}
+	}
+	return ""
+}
+
+// errToolProvider marks a tool result that says the provider is unhealthy.
+var errToolProvider = errors.New("tool provider failure")
+
+// toolBreakerOutcome is what a tool result tells the provider's breaker.
+// Only the provider's own failures count: a timeout, a 5xx, a connection
+// error or an unreadable answer. Bad input from the model, a 4xx or an
+// egress block says nothing about the provider's health and counts as a
+// success (the provider answered, or was never asked); a canceled run is
+// excluded from the counts altogether.
+func toolBreakerOutcome(res tools.Result) error {
+	switch {
+	case res.Status == tools.Canceled:
+		return context.Canceled
+	case res.Status == tools.Timeout:
+		return fmt.Errorf("%w: timeout", errToolProvider)
+	case res.Status == tools.Failed:
+		switch res.ErrorClass {
+		case "tool_http_5xx", "tool_http_error", "tool_invalid_output":
+			return fmt.Errorf("%w: %s", errToolProvider, res.ErrorClass)
+		}
+	}
+	return nil
 }
 
 // toolCost is a tool's price per call: the larger of its manifest cost
