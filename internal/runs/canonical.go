@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"sort"
 	"strconv"
 )
@@ -32,7 +33,9 @@ func CanonicalizeRaw(raw []byte) ([]byte, error) {
 	if err := dec.Decode(&v); err != nil {
 		return nil, fmt.Errorf("canonical json: %w", err)
 	}
-	if dec.More() {
+	// Only the end of input may follow the value: dec.More is false before
+	// a stray "]" or "}", so it let "{}]" through as "{}".
+	if _, err := dec.Token(); err != io.EOF {
 		return nil, fmt.Errorf("canonical json: trailing data")
 	}
 	var buf bytes.Buffer
