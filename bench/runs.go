@@ -1,0 +1,457 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+)
+
+type roundResult struct {
+	System        string  `json:"system"`
+	Mode          string  `json:"mode"`
+	Round         int     `json:"round"`
+	N             int     `json:"n"`
+	Seconds       float64 `json:"seconds"`
+	PerSecond     float64 `json:"per_second"`
+	SubmitSeconds float64 `json:"submit_seconds,omitempty"`
+	Errors        int64   `json:"errors"`
+	Concurrency   int     `json:"concurrency,omitempty"`
+	// CPU milliseconds per item: of the system's own process (the serve
+	// process for oaruntime, this bench process for River, which also
+	// submits) and of the whole machine (PostgreSQL, clients, and any other
+	// load on the shared machine).
+	ProcessCPUMSPerItem float64 `json:"process_cpu_ms_per_item"`
+	MachineCPUMSPerItem float64 `json:"machine_cpu_ms_per_item"`
+}
+
+type runsResult struct {
+	Config map[string]any `json:"config"`
+	Rounds []roundResult  `json:"rounds"`
+	// Medians over the measured rounds, items per second.
+	OaruntimeMedian     float64 `json:"oaruntime_runs_per_second_median"`
+	RiverMedian         float64 `json:"river_jobs_per_second_median"`
+	RiverBurnDownMedian float64 `json:"river_burn_down_jobs_per_second_median"`
+	// Ratio is oaruntime / River, both submitted one by one through their
+	// public API and counted when committed as done.
+	Ratio         float64 `json:"ratio_oaruntime_over_river"`
+	RatioBurnDown float64 `json:"ratio_oaruntime_over_river_burn_down"`
+	Verified      string  `json:"verified"`
+}
+
+func runsCmd(ctx context.Context, args []string) error {
+	var c common
+	fs := flag.NewFlagSet("runs", flag.ContinueOnError)
+	c.register(fs)
+	rounds := fs.Int("rounds", 5, "measured rounds per system (alternating)")
+	n := fs.Int("n", 2000, "items per round")
+	poolSize := fs.Int("pool", 16, "PostgreSQL pool size of each side (pool_max_conns / pgxpool MaxConns)")
+	submitters := fs.Int("submitters", 32, "concurrent clients submitting items")
+	sweepFlag := fs.String("sweep", "64,256,1024", "concurrency settings tried (one round each) before the measured rounds; each side keeps its best")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := c.prepare(); err != nil {
+		return err
+	}
+	tag := randHex(4)
+	oaSchema, rvSchema := "oabench_runs_"+tag, "oabench_river_"+tag
+	defer dropSchema(ctx, c.pg, oaSchema)
+	defer dropSchema(ctx, c.pg, rvSchema)
+
+	// River: in this process, same PostgreSQL, its own schema.
+	pool, err := riverPool(ctx, c.pg, rvSchema, *poolSize)
+	if err != nil {
+		return fmt.Errorf("river pool: %w", err)
+	}
+	defer pool.Close()
+	if err := riverMigrate(ctx, pool, rvSchema); err != nil {
+		return err
+	}
+	dbURL, err := pgURL(c.pg, map[string]string{"schema": oaSchema, "pool_max_conns": strconv.Itoa(*poolSize)})
+	if err != nil {
+		return err
+	}
+	res := runsResult{Config: map[string]any{
+		"rounds": *rounds, "n": *n, "pool_max_conns": *poolSize, "submitters": *submitters,
+		"oaruntime_item": "POST /runs + POST /frames user_message {text:hi}; counted at run.finished succeeded (executor_terminal_total)",
+		"river_item":     "client.Insert(noop job) one by one; counted at EventKindJobCompleted (completion committed)",
+		"river_burn_down": "queue paused, InsertManyFast N, timed from QueueResume until N completed (river bench style)",
+		"river_fetch":    "River defaults (FetchCooldown 100ms, FetchPollInterval 1s)",
+	}}
+
+	// Sweep: one round per setting, each side keeps its best setting for the
+	// measured rounds (a fixed concurrency would favour one design).
+	sweep, err := parseInts(*sweepFlag)
+	if err != nil {
+		return fmt.Errorf("--sweep: %w", err)
+	}
+	bestOA, bestRV := sweep[0], sweep[0]
+	bestOARate, bestRVRate := 0.0, 0.0
+	for _, k := range sweep {
+		o, err := newOASide(ctx, &c, dbURL, k)
+		if err != nil {
+			return err
+		}
+		_, err = oaruntimeRound(ctx, o.api, 0, 200, *submitters)
+		var r roundResult
+		if err == nil {
+			r, err = oaruntimeRound(ctx, o.api, -1, *n, *submitters)
+		}
+		o.close()
+		if err != nil {
+			return fmt.Errorf("sweep oaruntime %d: %w", k, err)
+		}
+		r.Mode, r.Concurrency = "sweep", k
+		res.Rounds = append(res.Rounds, r)
+		logf("sweep oaruntime concurrency %d: %.1f runs/s", k, r.PerSecond)
+		if r.PerSecond > bestOARate {
+			bestOA, bestOARate = k, r.PerSecond
+		}
+		rv, err := newRiverSide(ctx, pool, rvSchema, k, *n)
+		if err != nil {
+			return err
+		}
+		_, err = riverRound(ctx, rv, 0, 200, *submitters)
+		var r2, r3 roundResult
+		if err == nil {
+			r2, err = riverRound(ctx, rv, -1, *n, *submitters)
+		}
+		if err == nil {
+			r3, err = riverBurnDown(ctx, rv, -1, *n)
+		}
+		rv.close(ctx)
+		if err != nil {
+			return fmt.Errorf("sweep river %d: %w", k, err)
+		}
+		r2.Mode, r2.Concurrency = "sweep", k
+		r3.Mode, r3.Concurrency = "sweep_burn_down", k
+		res.Rounds = append(res.Rounds, r2, r3)
+		logf("sweep river max_workers %d: %.1f jobs/s (burn-down %.1f)", k, r2.PerSecond, r3.PerSecond)
+		if r2.PerSecond > bestRVRate {
+			bestRV, bestRVRate = k, r2.PerSecond
+		}
+	}
+	res.Config["executor_concurrency"] = bestOA
+	res.Config["river_max_workers"] = bestRV
+	res.Config["sweep"] = sweep
+	logf("measured rounds: oaruntime --executor-concurrency %d, River MaxWorkers %d", bestOA, bestRV)
+
+	o, err := newOASide(ctx, &c, dbURL, bestOA)
+	if err != nil {
+		return err
+	}
+	defer o.close()
+	rv, err := newRiverSide(ctx, pool, rvSchema, bestRV, *n)
+	if err != nil {
+		return err
+	}
+	defer rv.close(ctx)
+	oa := o.api
+	oaRound := func(round, n int) (roundResult, error) { return oaruntimeRound(ctx, oa, round, n, *submitters) }
+	rvRound := func(round, n int) (roundResult, error) { return riverRound(ctx, rv, round, n, *submitters) }
+	rvBurn := func(round, n int) (roundResult, error) { return riverBurnDown(ctx, rv, round, n) }
+	// Warm-up (not counted): connections, caches, query plans.
+	for _, f := range []func(int, int) (roundResult, error){oaRound, rvRound, rvBurn} {
+		if _, err := f(0, 200); err != nil {
+			return fmt.Errorf("warm-up: %w", err)
+		}
+	}
+	var oaRates, rvRates, burnRates []float64
+	for i := 1; i <= *rounds; i++ {
+		for _, f := range []func(int, int) (roundResult, error){oaRound, rvRound, rvBurn} {
+			r, err := f(i, *n)
+			if err != nil {
+				return err
+			}
+			logf("round %d %s/%s: %d in %.2fs = %.1f/s (errors %d)", i, r.System, r.Mode, r.N, r.Seconds, r.PerSecond, r.Errors)
+			res.Rounds = append(res.Rounds, r)
+			switch {
+			case r.System == "oaruntime":
+				oaRates = append(oaRates, r.PerSecond)
+			case r.Mode == "submit_and_complete":
+				rvRates = append(rvRates, r.PerSecond)
+			default:
+				burnRates = append(burnRates, r.PerSecond)
+			}
+		}
+	}
+	res.OaruntimeMedian, res.RiverMedian, res.RiverBurnDownMedian = median(oaRates), median(rvRates), median(burnRates)
+	if res.RiverMedian > 0 {
+		res.Ratio = res.OaruntimeMedian / res.RiverMedian
+	}
+	if res.RiverBurnDownMedian > 0 {
+		res.RatioBurnDown = res.OaruntimeMedian / res.RiverBurnDownMedian
+	}
+	res.Verified, err = verifyRuns(ctx, oa, c.pg, oaSchema)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("runs/s: oaruntime median %.1f runs/s, River median %.1f jobs/s (burn-down %.1f): ratio %.3f (burn-down %.3f); %s\n",
+		res.OaruntimeMedian, res.RiverMedian, res.RiverBurnDownMedian, res.Ratio, res.RatioBurnDown, res.Verified)
+	return saveSection(c.out, func(r *results) { r.Runs = res })
+}
+
+// oaruntimeRound submits n one-message runs and waits until the server has
+// finished n more runs as succeeded, reading its own terminal counter.
+func oaruntimeRound(ctx context.Context, a *api, round, n, submitters int) (roundResult, error) {
+	const metric = "openagents_runtime_executor_terminal_total"
+	base, err := a.metricSum(ctx, metric, `status="succeeded"`)
+	if err != nil {
+		return roundResult{}, err
+	}
+	baseFailed, _ := a.metricSum(ctx, metric, `status="failed"`)
+	var errs atomic.Int64
+	var firstErr atomic.Value
+	work := make(chan int, n)
+	for i := range n {
+		work <- i
+	}
+	close(work)
+	cpu0, busy0 := procCPU(a.pid), machineBusy()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range submitters {
+		wg.Go(func() {
+			for i := range work {
+				id := fmt.Sprintf("run_b%d_%d_%s", round, i, randHex(4))
+				err := a.createRun(ctx, id)
+				if err == nil {
+					err = a.sendFrame(ctx, id, map[string]any{"text": "hi"})
+				}
+				if err != nil {
+					errs.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+				}
+			}
+		})
+	}
+	wg.Wait()
+	submitted := time.Since(start)
+	want := base + float64(n) - float64(errs.Load())
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		v, err := a.metricSum(ctx, metric, `status="succeeded"`)
+		if err == nil && v >= want {
+			break
+		}
+		if time.Now().After(deadline) {
+			return roundResult{}, fmt.Errorf("oaruntime round %d: %v of %d runs succeeded after 5 min", round, v-base, n)
+		}
+		if ctx.Err() != nil {
+			return roundResult{}, ctx.Err()
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	d := time.Since(start)
+	failed, _ := a.metricSum(ctx, metric, `status="failed"`)
+	if failed > baseFailed {
+		return roundResult{}, fmt.Errorf("oaruntime round %d: %v runs failed", round, failed-baseFailed)
+	}
+	if e := errs.Load(); e > 0 {
+		logf("oaruntime round %d: %d submit errors, first: %v", round, e, firstErr.Load())
+	}
+	return roundResult{System: "oaruntime", Mode: "submit_and_complete", Round: round, N: n, Seconds: d.Seconds(),
+		PerSecond: float64(n-int(errs.Load())) / d.Seconds(), SubmitSeconds: submitted.Seconds(), Errors: errs.Load(),
+		ProcessCPUMSPerItem: ms(procCPU(a.pid)-cpu0) / float64(n), MachineCPUMSPerItem: ms(machineBusy()-busy0) / float64(n)}, nil
+}
+
+func riverRound(ctx context.Context, rv *riverSide, round, n, submitters int) (roundResult, error) {
+	rc, completed := rv.client, &rv.completed
+	base := completed.Load()
+	var errs atomic.Int64
+	work := make(chan int, n)
+	for i := range n {
+		work <- i
+	}
+	close(work)
+	cpu0, busy0 := procCPU(0), machineBusy()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range submitters {
+		wg.Go(func() {
+			for range work {
+				if _, err := rc.Insert(ctx, noopArgs{Round: round}, nil); err != nil {
+					errs.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	submitted := time.Since(start)
+	if err := waitCount(ctx, completed, base+int64(n)-errs.Load(), 5*time.Minute); err != nil {
+		return roundResult{}, fmt.Errorf("river round %d: %w", round, err)
+	}
+	d := time.Since(start)
+	return roundResult{System: "river", Mode: "submit_and_complete", Round: round, N: n, Seconds: d.Seconds(),
+		PerSecond: float64(n-int(errs.Load())) / d.Seconds(), SubmitSeconds: submitted.Seconds(), Errors: errs.Load(),
+		ProcessCPUMSPerItem: ms(procCPU(0)-cpu0) / float64(n), MachineCPUMSPerItem: ms(machineBusy()-busy0) / float64(n)}, nil
+}
+
+// riverBurnDown is River's own benchmark shape: the jobs are already in the
+// table when the workers are let loose.
+func riverBurnDown(ctx context.Context, rv *riverSide, round, n int) (roundResult, error) {
+	rc, completed := rv.client, &rv.completed
+	if err := rc.QueuePause(ctx, river.QueueDefault, nil); err != nil {
+		return roundResult{}, fmt.Errorf("pause: %w", err)
+	}
+	time.Sleep(300 * time.Millisecond) // let in-flight fetches settle
+	base := completed.Load()
+	params := make([]river.InsertManyParams, n)
+	for i := range params {
+		params[i] = river.InsertManyParams{Args: noopArgs{Round: round}}
+	}
+	if _, err := rc.InsertManyFast(ctx, params); err != nil {
+		return roundResult{}, fmt.Errorf("insert many: %w", err)
+	}
+	cpu0, busy0 := procCPU(0), machineBusy()
+	start := time.Now()
+	if err := rc.QueueResume(ctx, river.QueueDefault, nil); err != nil {
+		return roundResult{}, fmt.Errorf("resume: %w", err)
+	}
+	if err := waitCount(ctx, completed, base+int64(n), 5*time.Minute); err != nil {
+		return roundResult{}, fmt.Errorf("river burn-down %d: %w", round, err)
+	}
+	d := time.Since(start)
+	return roundResult{System: "river", Mode: "burn_down", Round: round, N: n, Seconds: d.Seconds(), PerSecond: float64(n) / d.Seconds(),
+		ProcessCPUMSPerItem: ms(procCPU(0)-cpu0) / float64(n), MachineCPUMSPerItem: ms(machineBusy()-busy0) / float64(n)}, nil
+}
+
+func waitCount(ctx context.Context, c *atomic.Int64, want int64, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for c.Load() < want {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of %d done after %s", c.Load(), want, timeout)
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return nil
+}
+
+// verifyRuns checks, outside the timed rounds, that every run the bench
+// created finished succeeded with the three events of a one-message turn.
+func verifyRuns(ctx context.Context, a *api, base, schema string) (string, error) {
+	conn, err := pgx.Connect(ctx, base)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close(ctx)
+	var total, ok int
+	q := fmt.Sprintf(`SELECT count(*), count(*) FILTER (WHERE status = 'succeeded') FROM %s.runs`, pgx.Identifier{schema}.Sanitize())
+	if err := conn.QueryRow(ctx, q).Scan(&total, &ok); err != nil {
+		return "", fmt.Errorf("verify: %w", err)
+	}
+	if total != ok {
+		return "", fmt.Errorf("verify: %d of %d runs not succeeded", total-ok, total)
+	}
+	// Spot-check a few logs through the API.
+	var ids []string
+	rows, err := conn.Query(ctx, fmt.Sprintf(`SELECT run_id FROM %s.runs`, pgx.Identifier{schema}.Sanitize()))
+	if err != nil {
+		return "", err
+	}
+	for rows.Next() {
+		var id string
+		_ = rows.Scan(&id)
+		ids = append(ids, id)
+	}
+	rows.Close()
+	rand.Shuffle(len(ids), func(i, j int) { ids[i], ids[j] = ids[j], ids[i] })
+	for _, id := range ids[:min(20, len(ids))] {
+		evs, err := a.events(ctx, id, 0)
+		if err != nil {
+			return "", err
+		}
+		if len(evs) == 0 || evs[len(evs)-1].EventType != "run.finished" {
+			return "", errors.New("verify: run " + id + " does not end with run.finished")
+		}
+	}
+	return fmt.Sprintf("all %d runs succeeded (database), 20 logs end with run.finished", total), nil
+}
+
+type oaSide struct {
+	srv *server
+	api *api
+}
+
+func newOASide(ctx context.Context, c *common, dbURL string, conc int) (*oaSide, error) {
+	srv, err := startServer(ctx, c.bin, fmt.Sprintf("runs-oaruntime-c%d", conc), c.work, map[string]string{"OA_RUNTIME_DATABASE_URL": dbURL},
+		"--executor-concurrency", strconv.Itoa(conc))
+	if err != nil {
+		return nil, err
+	}
+	a := srv.api()
+	a.pid = srv.pid()
+	return &oaSide{srv: srv, api: a}, nil
+}
+
+func (o *oaSide) close() { o.srv.stop() }
+
+type riverSide struct {
+	client    *river.Client[pgx.Tx]
+	completed atomic.Int64
+	cancelSub func()
+}
+
+func newRiverSide(ctx context.Context, pool *pgxpool.Pool, schema string, workers, n int) (*riverSide, error) {
+	ws := river.NewWorkers()
+	river.AddWorker(ws, noopWorker{})
+	rc, err := river.NewClient(riverpgxv5.New(pool), &river.Config{
+		Schema:  schema,
+		Queues:  map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: workers}},
+		Workers: ws,
+		Logger:  slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("river client: %w", err)
+	}
+	rv := &riverSide{client: rc}
+	sub, cancel := rc.SubscribeConfig(&river.SubscribeConfig{ChanSize: 4 * n, Kinds: []river.EventKind{river.EventKindJobCompleted}})
+	rv.cancelSub = cancel
+	go func() {
+		for range sub {
+			rv.completed.Add(1)
+		}
+	}()
+	if err := rc.Start(ctx); err != nil {
+		return nil, fmt.Errorf("river start: %w", err)
+	}
+	return rv, nil
+}
+
+func (rv *riverSide) close(ctx context.Context) {
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+	defer cancel()
+	_ = rv.client.Stop(sctx)
+	rv.cancelSub()
+}
+
+func parseInts(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		v, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || v <= 0 {
+			return nil, fmt.Errorf("%q is not a positive integer", f)
+		}
+		out = append(out, v)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("empty")
+	}
+	return out, nil
+}
