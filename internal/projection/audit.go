@@ -2,9 +2,9 @@ package projection
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/oaruntime/oaruntime/internal/store"
 )
@@ -37,18 +37,19 @@ type AuditReport struct {
 // DefaultAuditSample is the original parity auditor's sample size.
 const DefaultAuditSample = 200
 
-// Audit is the parity auditor: for the sample most recently updated
-// checkpoints it recomputes the summary from the log and compares hashes
-// with the stored document and checkpoint. Every finding is a drift
-// incident (khala_missing, summary_hash_mismatch, hash_and_lag_drift,
-// lag_drift) on the same metric as the projector's.
+// Audit is the parity auditor: for the sample most recently updated run
+// summary checkpoints, and as many codex worker summary checkpoints, it
+// recomputes the summary from the log and compares hashes with the stored
+// document and checkpoint. Every finding is a drift incident
+// (khala_missing, summary_hash_mismatch, hash_and_lag_drift, lag_drift) on
+// the same metric as the projector's, with the finding's projection.
 //
 // Hash mismatch: the document's hash (recomputed from its payload, and as
 // stored) differs from the checkpoint's, or, when the checkpoint is at the
-// run's latest seq and version, the summary rebuilt from the log differs.
+// entity's latest seq and version, the summary rebuilt from the log differs.
 // Lag: the document's seq differs from the checkpoint's, or the checkpoint
-// differs from the run's latest seq. Lag alone with the checkpoint behind
-// the log is the projector catching up, not drift.
+// differs from the entity's latest seq. Lag alone with the checkpoint
+// behind the log is the projector catching up, not drift.
 func (p *Projector) Audit(ctx context.Context, sample int) (AuditReport, error) {
 	if sample <= 0 {
 		sample = DefaultAuditSample
@@ -58,13 +59,29 @@ func (p *Projector) Audit(ctx context.Context, sample int) (AuditReport, error) 
 	if err != nil {
 		return rep, fmt.Errorf("audit: %w", err)
 	}
+	if p.workers != nil {
+		// Event cursors share the projection name with the summaries and
+		// move with them: twice the sample still holds about sample
+		// summaries.
+		wcps, err := p.st.ListCheckpoints(ctx, store.ProjectionCodexWorker, 2*sample)
+		if err != nil {
+			return rep, fmt.Errorf("audit: %w", err)
+		}
+		n := 0
+		for _, cp := range wcps {
+			if n < sample && !strings.HasPrefix(cp.EntityID, store.WorkerEventsCursorPrefix) {
+				cps = append(cps, cp)
+				n++
+			}
+		}
+	}
 	for _, cp := range cps {
 		f, found, err := p.auditOne(ctx, cp)
 		if err != nil {
 			if ctx.Err() != nil {
 				return rep, fmt.Errorf("audit: %w", ctx.Err())
 			}
-			p.log.WarnContext(ctx, "khala parity audit: entity skipped", "entity_id", cp.EntityID, "err", err)
+			p.log.WarnContext(ctx, "khala parity audit: entity skipped", "projection", cp.Projection, "entity_id", cp.EntityID, "err", err)
 			continue
 		}
 		rep.Sampled++
@@ -82,7 +99,7 @@ func (p *Projector) Audit(ctx context.Context, sample int) (AuditReport, error) 
 			rep.LagDrift++
 		}
 		rep.Findings = append(rep.Findings, f)
-		p.recordDrift(ctx, store.ProjectionRun, f.EntityID, f.ReasonClass, f)
+		p.recordDrift(ctx, cp.Projection, f.EntityID, f.ReasonClass, f)
 	}
 	switch {
 	case rep.Mismatches > 0:
@@ -93,20 +110,39 @@ func (p *Projector) Audit(ctx context.Context, sample int) (AuditReport, error) 
 	return rep, nil
 }
 
+// latestSeq is an entity's latest seq in the runtime log.
+func (p *Projector) latestSeq(ctx context.Context, kind, id string) (int64, error) {
+	if kind == store.ProjectionCodexWorker {
+		if p.workers == nil {
+			return 0, ErrNoWorkers
+		}
+		w, _, err := p.workers.LoadWorkerLog(ctx, id)
+		return w.LatestSeq, err
+	}
+	run, _, err := p.st.LoadRunLog(ctx, id)
+	return run.LatestSeq, err
+}
+
 func (p *Projector) auditOne(ctx context.Context, cp store.Checkpoint) (Finding, bool, error) {
 	f := Finding{
 		Projection: cp.Projection, EntityID: cp.EntityID, DocKey: cp.DocKey,
 		CheckpointSeq: cp.LastSeq, CheckpointHash: cp.SummaryHash,
 	}
-	if f.DocKey == "" {
+	topic := store.TopicRunSummaries
+	if cp.Projection == store.ProjectionCodexWorker {
+		topic = store.TopicCodexWorkerSummaries
+		if f.DocKey == "" {
+			f.DocKey = WorkerDocKey(cp.EntityID)
+		}
+	} else if f.DocKey == "" {
 		f.DocKey = RunDocKey(cp.EntityID)
 	}
-	run, events, err := p.st.LoadRunLog(ctx, cp.EntityID)
+	latest, err := p.latestSeq(ctx, cp.Projection, cp.EntityID)
 	if err != nil {
 		return f, false, err
 	}
-	f.RuntimeSeq = run.LatestSeq
-	doc, err := p.st.GetDocument(ctx, store.TopicRunSummaries, f.DocKey)
+	f.RuntimeSeq = latest
+	doc, err := p.st.GetDocument(ctx, topic, f.DocKey)
 	if errors.Is(err, store.ErrNotFound) {
 		f.ReasonClass = ReasonKhalaMissing
 		return f, true, nil
@@ -118,29 +154,26 @@ func (p *Projector) auditOne(ctx context.Context, cp store.Checkpoint) (Finding,
 	docHash, herr := SummaryHash(doc.Payload)
 	f.DocumentHash = docHash
 	hashMismatch := herr != nil || docHash != cp.SummaryHash || doc.SummaryHash != cp.SummaryHash
-	if run.LatestSeq == cp.LastSeq && cp.ProjectionVersion == p.cfg.Version {
-		var prev *RunSummary
-		if n := len(events); run.LatestSeq > 0 && (n == 0 || events[n-1].Seq != run.LatestSeq) {
-			var s RunSummary
-			if json.Unmarshal(doc.Payload, &s) == nil {
-				prev = &s
-			}
-		}
-		sum, _ := BuildRunSummary(run, events, p.cfg.Version, prev, p.cfg.Now())
-		_, h, err := encodeSummary(sum)
+	if latest == cp.LastSeq && cp.ProjectionVersion == p.cfg.Version {
+		// The log is read again here: an append since the first read makes
+		// the rebuild newer than the checkpoint, which is lag, not a
+		// mismatch.
+		seq, h, err := p.rebuildHash(ctx, cp.Projection, cp.EntityID, doc.Payload)
 		if err != nil {
 			return f, false, err
 		}
-		f.RecomputedHash = h
-		hashMismatch = hashMismatch || h != cp.SummaryHash
+		if seq == cp.LastSeq {
+			f.RecomputedHash = h
+			hashMismatch = hashMismatch || h != cp.SummaryHash
+		}
 	}
-	lagging := doc.SourceSeq != cp.LastSeq || cp.LastSeq != run.LatestSeq
+	lagging := doc.SourceSeq != cp.LastSeq || cp.LastSeq != latest
 	switch {
 	case hashMismatch && lagging:
 		f.ReasonClass = ReasonHashAndLagDrift
 	case hashMismatch:
 		f.ReasonClass = ReasonSummaryHashMismatch
-	case doc.SourceSeq != cp.LastSeq || cp.LastSeq > run.LatestSeq:
+	case doc.SourceSeq != cp.LastSeq || cp.LastSeq > latest:
 		f.ReasonClass = ReasonLagDrift
 	default:
 		return f, false, nil

@@ -59,7 +59,7 @@ const commandUsage = `usage:
 func (p *Projector) reprojectCmd(ctx context.Context, args []string, stdout, stderr io.Writer, isTTY bool) int {
 	fs := flag.NewFlagSet("khala reproject", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	all := fs.Bool("all", false, "rebuild every run")
+	all := fs.Bool("all", false, "rebuild every run and every codex worker")
 	runID := fs.String("run-id", "", "rebuild one run")
 	workerID := fs.String("worker-id", "", "rebuild one codex worker")
 	dry := fs.Bool("dry-run", false, "rebuild and compare, write nothing")
@@ -80,8 +80,8 @@ func (p *Projector) reprojectCmd(ctx context.Context, args []string, stdout, std
 		fmt.Fprintln(stderr, "khala reproject: give exactly one of --all, --run-id ID, --worker-id ID")
 		return 2
 	}
-	if *workerID != "" {
-		fmt.Fprintln(stderr, "khala reproject: no codex worker projection in this build")
+	if *workerID != "" && !p.ProjectsWorkers() {
+		fmt.Fprintln(stderr, "khala reproject: this store does not project codex workers")
 		return 2
 	}
 
@@ -89,7 +89,7 @@ func (p *Projector) reprojectCmd(ctx context.Context, args []string, stdout, std
 	if isTTY {
 		progress = func(done, total int) { drawBar(stderr, done, total) }
 	}
-	rep, err := p.Reproject(ctx, Scope{All: *all, RunID: *runID, DryRun: *dry}, progress)
+	rep, err := p.Reproject(ctx, Scope{All: *all, RunID: *runID, WorkerID: *workerID, DryRun: *dry}, progress)
 	if isTTY && rep.Total > 0 {
 		fmt.Fprintln(stderr)
 	}
@@ -128,7 +128,7 @@ func drawBar(w io.Writer, done, total int) {
 func (p *Projector) verifyCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("khala verify", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	sample := fs.Int("sample", DefaultAuditSample, "number of most recently updated checkpoints to audit (1-10000)")
+	sample := fs.Int("sample", DefaultAuditSample, "number of most recently updated checkpoints to audit per projection, runs and codex workers (1-10000)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -151,8 +151,8 @@ func (p *Projector) verifyCmd(ctx context.Context, args []string, stdout, stderr
 		return 1
 	}
 	for _, f := range rep.Findings {
-		fmt.Fprintf(stdout, "verify entity=%s reason_class=%s checkpoint_seq=%d document_seq=%d runtime_seq=%d\n",
-			f.EntityID, f.ReasonClass, f.CheckpointSeq, f.DocumentSeq, f.RuntimeSeq)
+		fmt.Fprintf(stdout, "verify projection=%s entity=%s reason_class=%s checkpoint_seq=%d document_seq=%d runtime_seq=%d\n",
+			f.Projection, f.EntityID, f.ReasonClass, f.CheckpointSeq, f.DocumentSeq, f.RuntimeSeq)
 	}
 	fmt.Fprintf(stdout, "verify status=%s sampled=%d mismatches=%d missing_documents=%d hash_mismatches=%d lag_drift=%d duration_ms=%d\n",
 		rep.Status, rep.Sampled, rep.Mismatches, rep.Missing, rep.HashMismatches, rep.LagDrift, time.Since(t0).Milliseconds())

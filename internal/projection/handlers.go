@@ -236,11 +236,13 @@ func (p *Projector) handleDrift(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, resp)
 }
 
-// ReprojectRequest is the body of POST .../reproject.
+// ReprojectRequest is the body of POST .../reproject: exactly one of all
+// (every run, then every codex worker), run_id or worker_id.
 type ReprojectRequest struct {
-	All    bool   `json:"all"`
-	RunID  string `json:"run_id"`
-	DryRun bool   `json:"dry_run"`
+	All      bool   `json:"all"`
+	RunID    string `json:"run_id"`
+	WorkerID string `json:"worker_id"`
+	DryRun   bool   `json:"dry_run"`
 }
 
 func (p *Projector) handleReproject(w http.ResponseWriter, r *http.Request) {
@@ -248,16 +250,31 @@ func (p *Projector) handleReproject(w http.ResponseWriter, r *http.Request) {
 	if !decodeBody(w, r, &req) {
 		return
 	}
+	n := 0
+	for _, set := range []bool{req.All, req.RunID != "", req.WorkerID != ""} {
+		if set {
+			n++
+		}
+	}
 	switch {
-	case req.All == (req.RunID != ""):
-		badRequest(w, "all", "set exactly one of all or run_id")
+	case n != 1:
+		badRequest(w, "all", "set exactly one of all, run_id or worker_id")
 		return
 	case req.RunID != "" && !idRe.MatchString(req.RunID):
 		badRequest(w, "run_id", "must be 1-200 visible ASCII characters")
 		return
+	case req.WorkerID != "" && !idRe.MatchString(req.WorkerID):
+		badRequest(w, "worker_id", "must be 1-200 visible ASCII characters")
+		return
+	case req.WorkerID != "" && p.workers == nil:
+		writeError(w, http.StatusNotImplemented, "not_implemented", "worker_id: this server does not project codex workers")
+		return
 	}
 	rep, err := p.Reproject(r.Context(), Scope(req), nil)
 	switch {
+	case errors.Is(err, store.ErrNotFound) && req.WorkerID != "":
+		writeError(w, http.StatusNotFound, "not_found", "worker_id: no such worker "+strconv.Quote(req.WorkerID))
+		return
 	case errors.Is(err, store.ErrNotFound):
 		writeError(w, http.StatusNotFound, "not_found", "run_id: no such run "+strconv.Quote(req.RunID))
 		return

@@ -186,8 +186,8 @@ func TestCommand(t *testing.T) {
 			}
 		}
 		code, _, errOut := run(false, "reproject", "--worker-id", "w1")
-		if code != 2 || !strings.Contains(errOut, "no codex worker projection in this build") {
-			t.Fatalf("--worker-id: %d %q", code, errOut)
+		if code != 1 || !strings.Contains(errOut, "not found") {
+			t.Fatalf("--worker-id of an unknown worker: %d %q", code, errOut)
 		}
 
 		for _, id := range []string{"a", "b", "c"} {

@@ -27,6 +27,8 @@ import (
 type testStore interface {
 	store.Store
 	store.ProjectionStore
+	store.WorkerStore
+	store.WorkerProjectionStore
 }
 
 type driver struct {

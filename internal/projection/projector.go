@@ -80,6 +80,12 @@ type Outcome struct {
 	// our write; nothing was written and the next pass re-decides.
 	Superseded bool  `json:"superseded,omitempty"`
 	Gaps       []Gap `json:"gaps,omitempty"`
+
+	// A codex worker's event lane: its cursor after the call, the events
+	// appended to runtime.codex_worker_events and the last one's watermark.
+	EventsCursor    int64 `json:"events_cursor,omitempty"`
+	EventsAppended  int   `json:"events_appended,omitempty"`
+	EventsWatermark int64 `json:"events_watermark,omitempty"`
 }
 
 // Config configures a Projector. Zero values take the defaults.
@@ -119,25 +125,60 @@ type Projector struct {
 	failRate    float64
 	delay       time.Duration
 	replayFault bool
-	backoff     map[string]backoffState
-	reported    map[string]map[string]string // entity -> reason -> last finding reported, so retries do not repeat it
-	parked      map[string]parkedState
+	backoff     map[entityKey]backoffState
+	reported    map[entityKey]map[string]string // entity -> reason -> last finding reported, so retries do not repeat it
+	parked      map[entityKey]parkedState
+	scans       map[string]*scanState // per projection walk
 	running     bool
 	stop        context.CancelFunc
 	done        chan struct{}
-	lastScan    time.Time
-	lastFull    time.Time
 	lastExport  time.Time
+
+	// workers is the store's worker side; nil when the store given to New
+	// does not implement it (then only runs are projected).
+	workers workerSource
 }
+
+// workerSource is what projecting codex workers needs beyond
+// store.ProjectionStore. Both drivers' *Store implement it; New finds it on
+// the store it is given, so wiring stays projection.New(store, ...).
+type workerSource interface {
+	LoadWorkerLog(ctx context.Context, workerID string) (store.Worker, []store.WorkerEvent, error)
+	ListWorkerIDs(ctx context.Context, afterWorkerID string, limit int) ([]string, error)
+	store.WorkerProjectionStore
+}
+
+// laneWorkerEvents is the entityKey kind of a worker's event lane (topic
+// runtime.codex_worker_events), which retries apart from its summary so
+// that a failing sink never holds back the local event stream.
+const laneWorkerEvents = "codex_worker_events"
+
+// entityKey names per-entity state: kind is store.ProjectionRun,
+// store.ProjectionCodexWorker (the summary) or laneWorkerEvents. Run and
+// worker ids live in different namespaces and may be equal.
+type entityKey struct{ kind, id string }
+
+// projectionOf is the projection a kind's drift and replay rows carry.
+func projectionOf(kind string) string {
+	if kind == laneWorkerEvents {
+		return store.ProjectionCodexWorker
+	}
+	return kind
+}
+
+// scanState is where a projection's candidate walk got to.
+type scanState struct{ lastScan, lastFull time.Time }
 
 type backoffState struct {
 	attempts int
 	next     time.Time
 }
 
-// parkedState remembers an entity skipped as checkpoint_ahead so that the
-// loop does not rebuild it every pass while nothing changed.
-type parkedState struct{ latest, cp int64 }
+// parkedState remembers an entity skipped as checkpoint_ahead (for a
+// worker: one whose summary and event cursor could not move) so that the
+// loop does not rebuild it every pass while nothing changed. events is the
+// worker's event cursor (0 for runs).
+type parkedState struct{ latest, cp, events int64 }
 
 // New builds a projector. hub may be nil (polling only); m may be nil.
 func New(st store.ProjectionStore, sink Sink, hub *notify.Hub, m *telemetry.Metrics, cfg Config) *Projector {
@@ -180,13 +221,24 @@ func New(st store.ProjectionStore, sink Sink, hub *notify.Hub, m *telemetry.Metr
 	if sink == nil {
 		sink = BuiltinSink{Store: st}
 	}
-	return &Projector{
+	p := &Projector{
 		st: st, sink: sink, hub: hub, m: m, cfg: cfg, log: log,
-		backoff:  map[string]backoffState{},
-		reported: map[string]map[string]string{},
-		parked:   map[string]parkedState{},
+		backoff:  map[entityKey]backoffState{},
+		reported: map[entityKey]map[string]string{},
+		parked:   map[entityKey]parkedState{},
+		scans:    map[string]*scanState{store.ProjectionRun: {}, store.ProjectionCodexWorker: {}},
 	}
+	if ws, ok := st.(workerSource); ok {
+		p.workers = ws
+	} else {
+		log.Warn("khala projection: the store has no codex worker side; only runs are projected")
+	}
+	return p
 }
+
+// ProjectsWorkers reports whether codex workers are projected (the store
+// implements the worker side).
+func (p *Projector) ProjectsWorkers() bool { return p.workers != nil }
 
 // Version is the projection_version this projector writes.
 func (p *Projector) Version() string { return p.cfg.Version }
@@ -349,11 +401,8 @@ func (p *Projector) nextBackoff() (time.Time, bool) {
 }
 
 // Cycle runs one pass: export rows other processes recorded (at most once
-// per poll interval), then walk the candidates page by page and project
-// every one that is not waiting out a backoff or parked as checkpoint_ahead.
-// An incremental pass only looks at runs updated since shortly before the
-// previous pass; every FullScanEvery a pass walks all runs, which also
-// catches what clock skew or long transactions hid from incremental passes.
+// per poll interval), then walk the run candidates and the worker
+// candidates. See walk.
 func (p *Projector) Cycle(ctx context.Context) {
 	now := p.cfg.Now()
 	p.mu.Lock()
@@ -361,101 +410,192 @@ func (p *Projector) Cycle(ctx context.Context) {
 	if export {
 		p.lastExport = now
 	}
-	full := p.lastFull.IsZero() || now.Sub(p.lastFull) >= p.cfg.FullScanEvery
-	q := store.CandidateQuery{Version: p.cfg.Version, Limit: p.cfg.BatchSize}
-	if !full {
-		q.AfterUpdatedAt = p.lastScan.Add(-p.cfg.ScanSlack)
-	}
 	p.mu.Unlock()
 	if export {
 		p.exportRecorded(ctx)
 	}
+	p.walk(ctx, now, store.ProjectionRun)
+	if p.workers != nil && ctx.Err() == nil {
+		p.walk(ctx, now, store.ProjectionCodexWorker)
+	}
+}
+
+// candidate is one row of a walk: a run, or a worker with its event cursor.
+type candidate struct {
+	id                 string
+	latest, cp, events int64
+	updatedAt          time.Time
+}
+
+func (p *Projector) candidates(ctx context.Context, kind string, q store.CandidateQuery) ([]candidate, error) {
+	var out []candidate
+	if kind == store.ProjectionRun {
+		page, err := p.st.ProjectionCandidates(ctx, q)
+		for _, c := range page {
+			out = append(out, candidate{id: c.EntityID, latest: c.LatestSeq, cp: c.CheckpointSeq, updatedAt: c.UpdatedAt})
+		}
+		return out, err
+	}
+	page, err := p.workers.WorkerProjectionCandidates(ctx, q)
+	for _, c := range page {
+		out = append(out, candidate{id: c.EntityID, latest: c.LatestSeq, cp: c.CheckpointSeq, events: c.EventsSeq, updatedAt: c.UpdatedAt})
+	}
+	return out, err
+}
+
+// task is what one entity of a walk gets: its summary, and for a worker its
+// event lane; either may be waiting out a backoff.
+type task struct {
+	id              string
+	summary, events bool
+}
+
+// walk visits the candidates of one projection page by page and projects
+// every one that is not waiting out a backoff or parked. An incremental walk
+// only looks at entities updated since shortly before the previous walk;
+// every FullScanEvery a walk visits all of them, which also catches what
+// clock skew or long transactions hid from incremental walks.
+//
+// A sink that keeps failing (down, timing out) would cost every remaining
+// entity a timeout: after a few consecutive failures a run walk stops, and a
+// worker walk goes on with the event lanes only (they are written locally,
+// not through the sink). Either way the walk counts as unfinished, so the
+// next one starts from the same point.
+func (p *Projector) walk(ctx context.Context, now time.Time, kind string) {
+	p.mu.Lock()
+	sc := p.scans[kind]
+	full := sc.lastFull.IsZero() || now.Sub(sc.lastFull) >= p.cfg.FullScanEvery
+	q := store.CandidateQuery{Version: p.cfg.Version, Limit: p.cfg.BatchSize}
+	if !full {
+		q.AfterUpdatedAt = sc.lastScan.Add(-p.cfg.ScanSlack)
+	}
+	p.mu.Unlock()
+	isWorker := kind == store.ProjectionCodexWorker
+	inWalk := func(k entityKey) bool { return k.kind == kind || (isWorker && k.kind == laneWorkerEvents) }
 
 	seen := map[string]bool{}
 	failures := 0
+	sinkDown := false
+	// run projects one task; ok false ends the walk, sinkFailed reports a
+	// real sink failure.
+	run := func(tk task) (ok, sinkFailed bool) {
+		if sinkDown {
+			tk.summary = false
+		}
+		if !tk.summary && !tk.events {
+			return true, false
+		}
+		alive, err := p.projectPaced(ctx, kind, tk)
+		if !alive {
+			return false, false
+		}
+		switch {
+		case err != nil && isSinkFailure(err):
+			failures++
+			if failures >= maxSinkFailuresPerPass && !sinkDown {
+				p.log.WarnContext(ctx, "khala projection: sink failing, pass cut short", "projection", kind, "failures", failures)
+				if !isWorker {
+					return false, true
+				}
+				sinkDown = true
+			}
+			return true, true
+		case err == nil:
+			failures = 0
+		}
+		return true, false
+	}
 	for {
-		page, err := p.st.ProjectionCandidates(ctx, q)
+		page, err := p.candidates(ctx, kind, q)
 		if err != nil {
 			if ctx.Err() == nil {
-				p.log.ErrorContext(ctx, "khala projection: list candidates failed", "err", err)
+				p.log.ErrorContext(ctx, "khala projection: list candidates failed", "projection", kind, "err", err)
 			}
 			return
 		}
-		var todo []string
+		var todo []task
 		p.mu.Lock()
 		for _, c := range page {
-			seen[c.EntityID] = true
-			if b, ok := p.backoff[c.EntityID]; ok && now.Before(b.next) {
+			seen[c.id] = true
+			if pk, ok := p.parked[entityKey{kind, c.id}]; ok && pk == (parkedState{c.latest, c.cp, c.events}) {
 				continue
 			}
-			if pk, ok := p.parked[c.EntityID]; ok && pk.latest == c.LatestSeq && pk.cp == c.CheckpointSeq {
-				continue
+			tk := task{id: c.id, summary: p.dueLocked(entityKey{kind, c.id}, now)}
+			if isWorker {
+				tk.events = p.dueLocked(entityKey{laneWorkerEvents, c.id}, now)
 			}
-			todo = append(todo, c.EntityID)
+			todo = append(todo, tk)
 		}
 		p.mu.Unlock()
-		for _, id := range todo {
-			alive, err := p.projectPaced(ctx, id)
-			if !alive {
+		for _, tk := range todo {
+			if ok, _ := run(tk); !ok {
 				return
-			}
-			// A sink that keeps failing (down, timing out) would cost every
-			// remaining entity a timeout; stop the pass and let backoff and
-			// the next pass retry, so an outage costs a few calls per pass.
-			if err != nil && isSinkFailure(err) {
-				failures++
-				if failures >= maxSinkFailuresPerPass {
-					p.log.WarnContext(ctx, "khala projection: sink failing, pass cut short", "failures", failures)
-					return
-				}
-			} else if err == nil {
-				failures = 0
 			}
 		}
 		if len(page) < q.Limit {
 			break
 		}
 		last := page[len(page)-1]
-		q.AfterUpdatedAt, q.AfterRunID = last.UpdatedAt, last.EntityID
+		q.AfterUpdatedAt, q.AfterRunID = last.updatedAt, last.id
 	}
 
 	// Retries that are due for entities an incremental walk did not see.
 	p.mu.Lock()
-	var due []string
-	for id, b := range p.backoff {
-		if !seen[id] && !now.Before(b.next) {
-			due = append(due, id)
+	dueByID := map[string]*task{}
+	var due []*task
+	for k, b := range p.backoff {
+		if !inWalk(k) || seen[k.id] || now.Before(b.next) {
+			continue
+		}
+		tk := dueByID[k.id]
+		if tk == nil {
+			tk = &task{id: k.id}
+			dueByID[k.id] = tk
+			due = append(due, tk)
+		}
+		if k.kind == laneWorkerEvents {
+			tk.events = true
+		} else {
+			tk.summary = true
 		}
 	}
-	p.lastScan = now
-	if full {
-		p.lastFull = now
-		// What a full walk did not see is in sync now (another process or
-		// replica wrote it): forget its retry, parking and reported drift.
-		for id := range p.backoff {
-			if !seen[id] {
-				delete(p.backoff, id)
+	if !sinkDown {
+		sc.lastScan = now
+		if full {
+			sc.lastFull = now
+			// What a full walk did not see is in sync now (another process
+			// or replica wrote it): forget its retry, parking and reported
+			// drift.
+			for k := range p.backoff {
+				if inWalk(k) && !seen[k.id] {
+					delete(p.backoff, k)
+				}
 			}
-		}
-		for id := range p.parked {
-			if !seen[id] {
-				delete(p.parked, id)
+			for k := range p.parked {
+				if inWalk(k) && !seen[k.id] {
+					delete(p.parked, k)
+				}
 			}
-		}
-		for id := range p.reported {
-			if !seen[id] {
-				delete(p.reported, id)
+			for k := range p.reported {
+				if inWalk(k) && !seen[k.id] {
+					delete(p.reported, k)
+				}
 			}
+			due = nil
 		}
-		due = nil
 	}
 	p.mu.Unlock()
-	for _, id := range due {
-		alive, err := p.projectPaced(ctx, id)
-		if !alive || (err != nil && isSinkFailure(err)) {
+	for _, tk := range due {
+		if ok, sinkFailed := run(*tk); !ok || (sinkFailed && !isWorker) {
 			return
 		}
 	}
+}
+
+// dueLocked reports whether k is not waiting out a backoff. p.mu is held.
+func (p *Projector) dueLocked(k entityKey, now time.Time) bool {
+	b, ok := p.backoff[k]
+	return !ok || !now.Before(b.next)
 }
 
 // maxSinkFailuresPerPass consecutive sink failures end a pass early.
@@ -466,9 +606,9 @@ func isSinkFailure(err error) bool {
 	return errors.As(err, &se) && !se.Injected
 }
 
-// projectPaced projects one run after the configured fault delay; alive is
-// false when ctx ended.
-func (p *Projector) projectPaced(ctx context.Context, id string) (alive bool, err error) {
+// projectPaced projects one task after the configured fault delay; alive
+// is false when ctx ended.
+func (p *Projector) projectPaced(ctx context.Context, kind string, tk task) (alive bool, err error) {
 	p.mu.Lock()
 	delay := p.delay
 	p.mu.Unlock()
@@ -484,10 +624,27 @@ func (p *Projector) projectPaced(ctx context.Context, id string) (alive bool, er
 	if ctx.Err() != nil {
 		return false, nil
 	}
-	if _, err = p.ProjectRun(ctx, id); err != nil && ctx.Err() == nil {
-		p.log.WarnContext(ctx, "khala projection write failed", "run_id", id, "err", err)
+	if kind == store.ProjectionRun {
+		_, err = p.ProjectRun(ctx, tk.id)
+	} else {
+		_, err = p.projectWorkerLanes(ctx, tk.id, tk.summary, tk.events)
+	}
+	if err != nil && ctx.Err() == nil {
+		p.log.WarnContext(ctx, "khala projection write failed", "projection", kind, "entity_id", tk.id, "err", err)
 	}
 	return true, err
+}
+
+// retryLater schedules the next attempt of k with exponential backoff and
+// jitter (replicas do not retry in step). p.mu is held.
+func (p *Projector) retryLaterLocked(k entityKey) {
+	b := p.backoff[k]
+	d := p.cfg.BackoffMin << min(b.attempts, 20)
+	d = min(d, p.cfg.BackoffMax)
+	d = d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
+	b.attempts++
+	b.next = p.cfg.Now().Add(d)
+	p.backoff[k] = b
 }
 
 // ProjectRun rebuilds one run's summary, decides and writes it. A failed
@@ -496,65 +653,44 @@ func (p *Projector) projectPaced(ctx context.Context, id string) (alive bool, er
 // is lost.
 func (p *Projector) ProjectRun(ctx context.Context, runID string) (Outcome, error) {
 	out, err := p.project(ctx, runID, false)
+	k := entityKey{store.ProjectionRun, runID}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	switch {
 	case err == nil:
-		delete(p.backoff, runID)
+		delete(p.backoff, k)
 		if out.Decision.Reason != ReasonCheckpointAhead {
-			delete(p.parked, runID)
+			delete(p.parked, k)
 		}
 	case errors.Is(err, store.ErrNotFound):
-		delete(p.backoff, runID)
+		delete(p.backoff, k)
 	default:
-		b := p.backoff[runID]
-		d := p.cfg.BackoffMin << min(b.attempts, 20)
-		d = min(d, p.cfg.BackoffMax)
-		d = d/2 + time.Duration(rand.Int64N(int64(d/2)+1)) // jitter: replicas do not retry in step
-		b.attempts++
-		b.next = p.cfg.Now().Add(d)
-		p.backoff[runID] = b
+		p.retryLaterLocked(k)
 	}
 	return out, err
 }
 
-func (p *Projector) project(ctx context.Context, runID string, force bool) (Outcome, error) {
-	out := Outcome{EntityID: runID, DocKey: RunDocKey(runID)}
+func (p *Projector) project(ctx context.Context, runID string, force bool) (out Outcome, err error) {
+	out = Outcome{EntityID: runID, DocKey: RunDocKey(runID)}
 	// The checkpoint is read before the log: the log only grows and a
 	// checkpoint only names a seq that was in it, so reading in this order
 	// a concurrent writer (replica) can never make a checkpoint look ahead
 	// of the log. A decision from a stale checkpoint fails the write's
 	// precondition instead and is re-decided.
-	var cp *store.Checkpoint
-	c, err := p.st.GetCheckpoint(ctx, store.ProjectionRun, runID)
-	switch {
-	case err == nil:
-		cp = &c
-	case !errors.Is(err, store.ErrNotFound):
-		return out, fmt.Errorf("checkpoint of %s: %w", runID, err)
+	cp, err := p.checkpoint(ctx, store.ProjectionRun, runID)
+	if err != nil {
+		return out, err
 	}
 	run, events, err := p.st.LoadRunLog(ctx, runID)
 	if err != nil {
 		return out, fmt.Errorf("load run %s: %w", runID, err)
 	}
-	if p.cfg.Tracer != nil {
-		if n := len(events); n > 0 {
-			last := events[n-1].Trace
-			ctx = telemetry.ContextWithRemote(ctx, last.TraceParent, last.TraceState)
-			if last.RequestID != "" {
-				ctx = telemetry.WithRequestID(ctx, last.RequestID)
-			}
-		}
-		var span trace.Span
-		ctx, span = p.cfg.Tracer.Start(ctx, "khala.projection.write",
-			trace.WithAttributes(attribute.String("projection", telemetry.ProjectionRunSummary), attribute.Int64("seq", run.LatestSeq)))
-		defer func() {
-			if err != nil {
-				span.SetStatus(codes.Error, err.Error())
-			}
-			span.End()
-		}()
+	if n := len(events); n > 0 {
+		last := events[n-1].Trace
+		ctx = p.continueTrace(ctx, last)
 	}
+	ctx, end := p.span(ctx, telemetry.ProjectionRunSummary, run.LatestSeq)
+	defer func() { end(err) }()
 
 	var prev *RunSummary
 	if n := len(events); run.LatestSeq > 0 && (n == 0 || events[n-1].Seq != run.LatestSeq) {
@@ -565,65 +701,134 @@ func (p *Projector) project(ctx context.Context, runID string, force bool) (Outc
 	if err != nil {
 		return out, err
 	}
-	out.Seq, out.Hash, out.Gaps = sum.LatestSeq, hash, gaps
+	err = p.decideAndWrite(ctx, &out, cp, summaryWrite{
+		kind: store.ProjectionRun, metric: telemetry.ProjectionRunSummary, topic: store.TopicRunSummaries,
+		owner: run.OwnerSub, latest: run.LatestSeq, seq: sum.LatestSeq, doc: doc, hash: hash, gaps: gaps,
+	}, force)
+	return out, err
+}
 
+// checkpoint reads an entity's checkpoint; nil when it has none.
+func (p *Projector) checkpoint(ctx context.Context, projection, entityID string) (*store.Checkpoint, error) {
+	c, err := p.st.GetCheckpoint(ctx, projection, entityID)
+	switch {
+	case err == nil:
+		return &c, nil
+	case errors.Is(err, store.ErrNotFound):
+		return nil, nil
+	default:
+		return nil, fmt.Errorf("checkpoint of %s %s: %w", projection, entityID, err)
+	}
+}
+
+// continueTrace makes ctx continue the trace stored with the entity's last
+// event, so the projection span joins the request that caused it.
+func (p *Projector) continueTrace(ctx context.Context, tr store.TraceContext) context.Context {
+	if p.cfg.Tracer == nil {
+		return ctx
+	}
+	ctx = telemetry.ContextWithRemote(ctx, tr.TraceParent, tr.TraceState)
+	if tr.RequestID != "" {
+		ctx = telemetry.WithRequestID(ctx, tr.RequestID)
+	}
+	return ctx
+}
+
+// span starts "khala.projection.write" when tracing is on; end records the
+// error and ends it.
+func (p *Projector) span(ctx context.Context, projection string, seq int64) (context.Context, func(error)) {
+	if p.cfg.Tracer == nil {
+		return ctx, func(error) {}
+	}
+	ctx, span := p.cfg.Tracer.Start(ctx, "khala.projection.write",
+		trace.WithAttributes(attribute.String("projection", projection), attribute.Int64("seq", seq)))
+	return ctx, func(err error) {
+		if err != nil {
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}
+}
+
+// summaryWrite is a rebuilt summary ready for the decision.
+type summaryWrite struct {
+	kind   string // store.ProjectionRun or store.ProjectionCodexWorker
+	metric string // the metric's projection label
+	topic  string
+	owner  string
+	latest int64 // the entity's latest seq
+	seq    int64 // runtime_source.seq of the summary
+	doc    json.RawMessage
+	hash   string
+	gaps   []Gap
+}
+
+// decideAndWrite reports gaps, decides (DESIGN section 7) from the
+// checkpoint cp read before the log, and writes through the sink. The
+// checkpoint advances only with a successful write. force (reprojection)
+// always writes.
+func (p *Projector) decideAndWrite(ctx context.Context, out *Outcome, cp *store.Checkpoint, w summaryWrite, force bool) error {
+	key := entityKey{w.kind, out.EntityID}
+	out.Seq, out.Hash, out.Gaps = w.seq, w.hash, w.gaps
 	cpSeq := int64(-1)
 	if cp != nil {
 		cpSeq = cp.LastSeq
 	}
 	// A gap is news only above the checkpoint; below it, it was reported
 	// when that part of the log was projected.
-	for _, g := range gaps {
+	for _, g := range w.gaps {
 		switch {
 		case force:
-			p.drift(ctx, runID, ReasonSequenceGap, g, "")
+			p.drift(ctx, key, ReasonSequenceGap, g, "")
 		case g.ExpectedSeq > cpSeq:
-			p.drift(ctx, runID, ReasonSequenceGap, g, fmt.Sprintf("%d|%d", g.ExpectedSeq, g.IncomingSeq))
+			p.drift(ctx, key, ReasonSequenceGap, g, fmt.Sprintf("%d|%d", g.ExpectedSeq, g.IncomingSeq))
 		}
 	}
 
 	if force {
 		out.Decision = Decision{Action: ActionWrite, Reason: "reproject"}
 	} else {
-		out.Decision = Decide(cp, sum.LatestSeq, p.cfg.Version, hash)
+		out.Decision = Decide(cp, w.seq, p.cfg.Version, w.hash)
 	}
-	proj := telemetry.ProjectionRunSummary
 	if out.Decision.Drift {
-		key := fmt.Sprintf("%s|%d|%s|%s", out.Decision.Reason, cpSeq, cp.SummaryHash, cp.ProjectionVersion)
-		p.drift(ctx, runID, out.Decision.Reason, map[string]any{
-			"document_id": out.DocKey, "checkpoint_seq": cp.LastSeq, "runtime_seq": sum.LatestSeq,
-			"checkpoint_hash": cp.SummaryHash, "summary_hash": hash,
+		dedupe := fmt.Sprintf("%s|%d|%s|%s", out.Decision.Reason, cpSeq, cp.SummaryHash, cp.ProjectionVersion)
+		p.drift(ctx, key, out.Decision.Reason, map[string]any{
+			"document_id": out.DocKey, "checkpoint_seq": cp.LastSeq, "runtime_seq": w.seq,
+			"checkpoint_hash": cp.SummaryHash, "summary_hash": w.hash,
 			"checkpoint_version": cp.ProjectionVersion, "projection_version": p.cfg.Version,
-		}, key)
+		}, dedupe)
 	}
 	if out.Decision.Action == ActionSkip {
 		out.Result = "skipped"
-		p.m.ProjectionWrite(proj, "skipped")
-		if out.Decision.Reason == ReasonCheckpointAhead {
+		p.m.ProjectionWrite(w.metric, "skipped")
+		if out.Decision.Reason == ReasonCheckpointAhead && w.kind == store.ProjectionRun {
 			p.mu.Lock()
-			p.parked[runID] = parkedState{latest: run.LatestSeq, cp: cpSeq}
+			p.parked[key] = parkedState{latest: w.latest, cp: cpSeq}
 			p.mu.Unlock()
 		}
-		return out, nil
+		return nil
 	}
 
-	out.LagEvents = run.LatestSeq
+	out.LagEvents = w.latest
 	if cp != nil {
-		out.LagEvents = max(run.LatestSeq-cp.LastSeq, 0)
+		out.LagEvents = max(w.latest-cp.LastSeq, 0)
 	}
-	p.m.ProjectionLag(proj, out.LagEvents)
+	p.m.ProjectionLag(w.metric, out.LagEvents)
 
 	in := store.ProjectionWriteInput{
-		Projection: store.ProjectionRun, EntityID: runID, Topic: store.TopicRunSummaries,
-		DocKey: out.DocKey, OwnerSub: run.OwnerSub, Doc: doc, Hash: hash,
-		Version: p.cfg.Version, SourceSeq: sum.LatestSeq, ExpectSeq: cpSeq,
+		Projection: w.kind, EntityID: out.EntityID, Topic: w.topic,
+		DocKey: out.DocKey, OwnerSub: w.owner, Doc: w.doc, Hash: w.hash,
+		Version: p.cfg.Version, SourceSeq: w.seq, ExpectSeq: cpSeq,
 		// Reprojection replaces a checkpoint that is ahead of the log
 		// (corrupt) unconditionally; any other checkpoint only through the
 		// precondition, so a concurrent projector's newer write is never
 		// moved backwards.
-		Force: force && cp != nil && cp.LastSeq > sum.LatestSeq,
+		Force: force && cp != nil && cp.LastSeq > w.seq,
 	}
-	var wm int64
+	var (
+		wm  int64
+		err error
+	)
 	if p.injectFailure() {
 		err = &SinkError{Class: ClassSinkException, Err: errors.New("injected projection fault"), Injected: true}
 	} else {
@@ -632,23 +837,23 @@ func (p *Projector) project(ctx context.Context, runID string, force bool) (Outc
 	switch {
 	case err == nil:
 		out.Result, out.Watermark = "ok", wm
-		p.m.ProjectionWrite(proj, "ok")
+		p.m.ProjectionWrite(w.metric, "ok")
 		p.m.SetSinkUp(true)
 		p.mu.Lock()
-		delete(p.reported, runID)
+		delete(p.reported, key)
 		p.mu.Unlock()
-		return out, nil
+		return nil
 	case errors.Is(err, store.ErrConflict):
 		out.Result, out.Superseded = "skipped", true
-		p.m.ProjectionWrite(proj, "skipped")
-		return out, nil
+		p.m.ProjectionWrite(w.metric, "skipped")
+		return nil
 	default:
 		out.Result = "error"
 		class := classOf(err)
-		p.m.ProjectionWrite(proj, "error")
-		p.m.ProjectionWriteFailure(proj, class)
+		p.m.ProjectionWrite(w.metric, "error")
+		p.m.ProjectionWriteFailure(w.metric, class)
 		p.m.SetSinkUp(false)
-		return out, fmt.Errorf("write %s through %s sink: %w", out.DocKey, p.sink.Name(), err)
+		return fmt.Errorf("write %s through %s sink: %w", out.DocKey, p.sink.Name(), err)
 	}
 }
 
@@ -669,13 +874,13 @@ func (p *Projector) previousSummary(ctx context.Context, runID string) *RunSumma
 // drift records one incident. dedupeKey, when set, suppresses a repeat of
 // the same finding for the entity (a retried write re-decides the same
 // drift); it is forgotten after the entity's next successful write.
-func (p *Projector) drift(ctx context.Context, entityID, reason string, detail any, dedupeKey string) {
+func (p *Projector) drift(ctx context.Context, k entityKey, reason string, detail any, dedupeKey string) {
 	if dedupeKey != "" {
 		p.mu.Lock()
-		seen := p.reported[entityID]
+		seen := p.reported[k]
 		if seen == nil {
 			seen = map[string]string{}
-			p.reported[entityID] = seen
+			p.reported[k] = seen
 		}
 		if seen[reason] == dedupeKey {
 			p.mu.Unlock()
@@ -684,7 +889,7 @@ func (p *Projector) drift(ctx context.Context, entityID, reason string, detail a
 		seen[reason] = dedupeKey
 		p.mu.Unlock()
 	}
-	p.recordDrift(ctx, store.ProjectionRun, entityID, reason, detail)
+	p.recordDrift(ctx, projectionOf(k.kind), k.id, reason, detail)
 }
 
 func (p *Projector) recordDrift(ctx context.Context, projection, entityID, reason string, detail any) {

@@ -44,11 +44,13 @@ func strPtr(s string) *string {
 // RunDocKey is the document id of a run summary.
 func RunDocKey(runID string) string { return "runtime/run_summary:" + runID }
 
-// RuntimeSource says which log position a summary reflects.
+// RuntimeSource says which log position a summary reflects: entity "run"
+// with run_id, or "codex_worker" with worker_id.
 type RuntimeSource struct {
-	Entity string `json:"entity"`
-	RunID  string `json:"run_id,omitempty"`
-	Seq    int64  `json:"seq"`
+	Entity   string `json:"entity"`
+	RunID    string `json:"run_id,omitempty"`
+	WorkerID string `json:"worker_id,omitempty"`
+	Seq      int64  `json:"seq"`
 }
 
 // RunSummary is the run_summary document (fields of the original, see
@@ -166,9 +168,14 @@ func SummaryHash(doc json.RawMessage) (string, error) {
 
 // encodeSummary returns the summary's canonical JSON and its summary_hash.
 func encodeSummary(s RunSummary) (json.RawMessage, string, error) {
-	doc, err := runs.Canonical(s)
+	return encodeDoc(s, s.DocumentID)
+}
+
+// encodeDoc returns a document's canonical JSON and its summary_hash.
+func encodeDoc(v any, docKey string) (json.RawMessage, string, error) {
+	doc, err := runs.Canonical(v)
 	if err != nil {
-		return nil, "", fmt.Errorf("encode summary of %s: %w", s.RunID, err)
+		return nil, "", fmt.Errorf("encode %s: %w", docKey, err)
 	}
 	h, err := SummaryHash(doc)
 	if err != nil {
