@@ -2,6 +2,9 @@ package alerttest
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -10,6 +13,8 @@ import (
 
 	"github.com/oaruntime/oaruntime/internal/loadgen"
 	"github.com/oaruntime/oaruntime/internal/ops"
+	"github.com/oaruntime/oaruntime/internal/projection"
+	"github.com/oaruntime/oaruntime/internal/store"
 )
 
 // phase injects one fault through the real runtime and names the alerts it
@@ -93,7 +98,57 @@ func phases() []phase {
 			// stopped, a parity failure of class loop.
 			return e.drive(ctx, profile("loop"))
 		}},
-		{Alert: "OpenAgentsKhalaTokenMintFailureRatioHigh", Start: func(ctx context.Context, t *testing.T, e *env) func() {
+		{Alert: "OpenAgentsRuntimeKhalaProjectionLagP95High", Start: func(ctx context.Context, t *testing.T, e *env) func() {
+			// A slow projector under runs with many events falls behind.
+			khalaFault(t, e, map[string]any{"delay_ms": 150})
+			stop := e.drive(ctx, profile("chatty"))
+			return func() { stop(); khalaFault(t, e, map[string]any{"delay_ms": 0}) }
+		}},
+		{Alert: "OpenAgentsRuntimeKhalaProjectionWriteFailureRatioHigh", Start: func(ctx context.Context, t *testing.T, e *env) func() {
+			khalaFault(t, e, map[string]any{"fail_rate": 0.5})
+			return func() { khalaFault(t, e, map[string]any{"fail_rate": 0.0}) }
+		}},
+		{Alert: "OpenAgentsRuntimeKhalaProjectionDriftIncidentsHigh", Start: func(ctx context.Context, t *testing.T, e *env) func() {
+			// Five checkpoints restored "from the future" (ahead of the log),
+			// then new events: five checkpoint_ahead incidents.
+			ids := openRuns(ctx, t, e, 5)
+			for _, id := range ids {
+				corruptCheckpoint(ctx, t, e, id)
+			}
+			for _, id := range ids {
+				if _, err := e.rt.Client.Do(ctx, http.MethodPost, "/internal/v1/runs/"+id+"/events",
+					map[string]any{"event_type": "run.delta", "payload": map[string]any{"delta": "after restore"}}, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// The runbook's action: targeted reproject, then convergence.
+			return func() { reprojectAndConverge(ctx, t, e, ids) }
+		}},
+		{Alert: "OpenAgentsRuntimeKhalaProjectionHashMismatchDetected", Start: func(ctx context.Context, t *testing.T, e *env) func() {
+			// A tampered document, found by `oaruntime khala verify` running
+			// as a separate command against the same database: its finding
+			// must reach the serving process's metrics.
+			ids := openRuns(ctx, t, e, 1)
+			tamperDocument(ctx, t, e, ids[0])
+			var out, errOut strings.Builder
+			code := projection.CommandWith(ctx, e.rt.Srv.Store, nil, projection.CommandConfig{}, []string{"verify"}, &out, &errOut, false)
+			if code == 0 {
+				t.Fatalf("khala verify exit 0 on a tampered document: %s %s", out.String(), errOut.String())
+			}
+			return func() { reprojectAndConverge(ctx, t, e, ids) }
+		}},
+		{Alert: "OpenAgentsRuntimeKhalaProjectionReplayFailures", Start: func(ctx context.Context, t *testing.T, e *env) func() {
+			khalaFault(t, e, map[string]any{"replay_fail": true})
+			ids := openRuns(ctx, t, e, 1)
+			_, err := e.rt.Client.Do(ctx, http.MethodPost, "/internal/v1/projectors/reproject", map[string]any{"run_id": ids[0]}, nil)
+			t.Logf("reproject under replay fault: %v", err)
+			return func() {
+				khalaFault(t, e, map[string]any{"replay_fail": false})
+				reprojectAndConverge(ctx, t, e, ids)
+			}
+		}},
+		// A failing mint answers 503, so the 5xx ratio alert fires with it.
+		{Alert: "OpenAgentsKhalaTokenMintFailureRatioHigh", Also: []string{"OpenAgentsRuntimeHttp5xxRateHigh"}, Start: func(ctx context.Context, t *testing.T, e *env) func() {
 			setFault(t, e, "token-mint", map[string]any{"fail": true})
 			return func() { setFault(t, e, "token-mint", map[string]any{"fail": false}) }
 		}},
@@ -215,3 +270,90 @@ func waitQuiet(ctx context.Context, t *testing.T, prom *Prometheus, within time.
 	}
 }
 
+func khalaFault(t *testing.T, e *env, body map[string]any) {
+	t.Helper()
+	setFault(t, e, "projection", body)
+}
+
+// openRuns creates n keep_open runs, each answered once and projected.
+func openRuns(ctx context.Context, t *testing.T, e *env, n int) []string {
+	t.Helper()
+	var ids []string
+	for i := 0; i < n; i++ {
+		id := fmt.Sprintf("run_open_%d_%d", time.Now().UnixNano(), i)
+		if _, err := e.rt.Client.CreateRun(ctx, map[string]any{"run_id": id, "thread_id": "t_" + id, "metadata": map[string]any{"keep_open": true}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.rt.Client.SendFrame(ctx, id, "f1", "user_message", map[string]any{"text": "hi"}); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	for _, id := range ids {
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			r, err := e.rt.Client.GetRun(ctx, id)
+			cp, cerr := e.rt.Srv.Store.GetCheckpoint(ctx, store.ProjectionRun, id)
+			if err == nil && cerr == nil && r.LatestSeq >= 2 && cp.LastSeq == r.LatestSeq {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("run %s not answered and projected (run %+v err %v; checkpoint %+v err %v)", id, r, err, cp, cerr)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return ids
+}
+
+// corruptCheckpoint moves a run's checkpoint ahead of its log, as a
+// database restored from a newer backup would.
+func corruptCheckpoint(ctx context.Context, t *testing.T, e *env, runID string) {
+	t.Helper()
+	doc, err := e.rt.Srv.Store.GetDocument(ctx, store.TopicRunSummaries, projection.RunDocKey(runID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.rt.Srv.Store.WriteProjection(ctx, store.ProjectionWriteInput{
+		Projection: store.ProjectionRun, EntityID: runID, Topic: store.TopicRunSummaries, DocKey: doc.DocKey, OwnerSub: doc.OwnerSub,
+		Doc: doc.Payload, Hash: doc.SummaryHash, Version: doc.ProjectionVersion, SourceSeq: 999, Force: true,
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// tamperDocument rewrites a run's summary document with other content.
+func tamperDocument(ctx context.Context, t *testing.T, e *env, runID string) {
+	t.Helper()
+	doc, err := e.rt.Srv.Store.GetDocument(ctx, store.TopicRunSummaries, projection.RunDocKey(runID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var payload map[string]any
+	if err := json.Unmarshal(doc.Payload, &payload); err != nil {
+		t.Fatal(err)
+	}
+	payload["status"] = "tampered"
+	raw, _ := json.Marshal(payload)
+	if _, err := e.rt.Srv.Store.WriteProjection(ctx, store.ProjectionWriteInput{
+		Projection: store.ProjectionRun, EntityID: runID, Topic: store.TopicRunSummaries, DocKey: doc.DocKey, OwnerSub: doc.OwnerSub,
+		Doc: raw, Hash: strings.Repeat("0", 64), Version: doc.ProjectionVersion, SourceSeq: doc.SourceSeq, Force: true,
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// reprojectAndConverge runs the runbook's repair (targeted reproject through
+// the operator endpoint) and checks the audit finds nothing afterwards.
+func reprojectAndConverge(ctx context.Context, t *testing.T, e *env, ids []string) {
+	t.Helper()
+	for _, id := range ids {
+		if _, err := e.rt.Client.Do(ctx, http.MethodPost, "/internal/v1/projectors/reproject", map[string]any{"run_id": id}, nil); err != nil {
+			t.Fatalf("reproject %s: %v", id, err)
+		}
+	}
+	var out, errOut strings.Builder
+	if code := projection.CommandWith(ctx, e.rt.Srv.Store, nil, projection.CommandConfig{}, []string{"verify"}, &out, &errOut, false); code != 0 {
+		t.Fatalf("khala verify after reproject: exit %d: %s %s", code, out.String(), errOut.String())
+	}
+}

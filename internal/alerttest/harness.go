@@ -46,7 +46,7 @@ func StartRuntime(t testing.TB) *Runtime {
 	cfg := &config.Config{
 		Addr: "127.0.0.1:0", DataDir: dir, DatabaseURL: "sqlite:" + filepath.Join(dir, "rt.db"),
 		SignatureSecret: "alerttest-secret-0123456789abcdef", KhalaSink: "builtin", LogLevel: "error",
-		LeaseTTL: time.Second, LeaseRenew: 300 * time.Millisecond, JanitorInterval: 250 * time.Millisecond,
+		LeaseTTL: 3 * time.Second, LeaseRenew: 500 * time.Millisecond, JanitorInterval: 250 * time.Millisecond,
 		JanitorMaxAttempts: 3, ExecutorConcurrency: 256, BreakerCooldown: 4 * time.Second,
 		StreamIdle: 30 * time.Second, StreamHeartbeat: 5 * time.Second, ShutdownGrace: 5 * time.Second,
 		EnableFaults: true,
