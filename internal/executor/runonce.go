@@ -43,6 +43,10 @@ type ProviderSpec struct {
 	CostSats int64 `json:"cost_sats,omitempty"`
 }
 
+// Primary is the provider a model call goes to first ("scripted" when the
+// run names none).
+func (s ProviderSpec) Primary() string { return s.primary() }
+
 func (s ProviderSpec) primary() string {
 	if s.Name == "" {
 		return "scripted"
