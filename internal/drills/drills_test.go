@@ -429,3 +429,66 @@ func TestSummaryNeverCountsNotRunAsPassed(t *testing.T) {
 		t.Fatalf("not_run alone does not fail the gate: %v", allOK)
 	}
 }
+
+func TestMetricSum(t *testing.T) {
+	expo := `# HELP openagents_runtime_khala_projection_write_failures_total x
+# TYPE openagents_runtime_khala_projection_write_failures_total counter
+openagents_runtime_khala_projection_write_failures_total{projection="run_summary",reason_class="http_5xx"} 4
+openagents_runtime_khala_projection_write_failures_total{projection="codex_worker_summary",reason_class="http_5xx"} 2
+openagents_runtime_khala_projection_write_failures_total{projection="run_summary",reason_class="timeout"} 1
+openagents_runtime_khala_projection_write_failures_total_extra{reason_class="http_5xx"} 100
+openagents_runtime_khala_sink_up 0
+`
+	tests := []struct {
+		name   string
+		metric string
+		labels []string
+		want   float64
+		found  bool
+	}{
+		{"by class", "openagents_runtime_khala_projection_write_failures_total", []string{`reason_class="http_5xx"`}, 6, true},
+		{"two labels", "openagents_runtime_khala_projection_write_failures_total", []string{`reason_class="http_5xx"`, `projection="run_summary"`}, 4, true},
+		{"all", "openagents_runtime_khala_projection_write_failures_total", nil, 7, true},
+		{"no labels", "openagents_runtime_khala_sink_up", nil, 0, true},
+		{"absent", "openagents_runtime_khala_sink_down", nil, 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, found := metricSum(expo, tt.metric, tt.labels...)
+			if got != tt.want || found != tt.found {
+				t.Fatalf("got %v %v", got, found)
+			}
+		})
+	}
+}
+
+func TestFakeKhala(t *testing.T) {
+	k := &fakeKhala{key: "k", accepted: map[string][]khalaDoc{}}
+	srv := httptest.NewServer(k)
+	defer srv.Close()
+	post := func(auth string) int {
+		body := `{"path":"runtime:upsertRunSummary","format":"khala_encoded_json","args":[{"document_id":"d","summary":{"status":"running","runtime_source":{"seq":3}},"summary_hash":"h"}]}`
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/api/mutation", strings.NewReader(body))
+		req.Header.Set("authorization", auth)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := post("Khala wrong"); code != http.StatusUnauthorized || k.badAuth != 1 {
+		t.Fatalf("bad key: %d %d", code, k.badAuth)
+	}
+	k.setDown(true)
+	if code := post("Khala k"); code != http.StatusServiceUnavailable || k.rejected != 1 {
+		t.Fatalf("down: %d %d", code, k.rejected)
+	}
+	k.setDown(false)
+	if code := post("Khala k"); code != http.StatusOK {
+		t.Fatalf("up: %d", code)
+	}
+	if doc, ok := k.latest("d"); !ok || doc.Seq != 3 || doc.Status != "running" || doc.Hash != "h" {
+		t.Fatalf("latest %+v %v", doc, ok)
+	}
+}

@@ -30,10 +30,11 @@ const (
 
 // Config of a drill run.
 type Config struct {
-	Bin    string // the oaruntime binary to run as `serve`
-	OutDir string // artifacts: results.jsonl, summary.json, SUMMARY.md, logs/
-	Short  bool   // CI load: fewer runs and clients
-	CI     bool   // PostgreSQL drills must run: a missing prerequisite fails
+	Bin      string // the oaruntime binary to run as `serve`
+	Revision string // its source revision, for the summary
+	OutDir   string // artifacts: results.jsonl, summary.json, SUMMARY.md, logs/
+	Short    bool   // CI load: fewer runs and clients
+	CI       bool   // PostgreSQL drills must run: a missing prerequisite fails
 
 	PGURL  string // OA_TEST_DATABASE_URL; empty skips the PostgreSQL drills (fails under CI)
 	PGBin  string // OA_TEST_PG_BIN, for database_restart
@@ -146,6 +147,7 @@ func (d *Driver) drills() []drillDef {
 		{name: StreamReconnectResume, stores: []string{SQLite, Postgres}, fn: d.streamReconnectResume},
 		{name: ReplicaFailover, stores: []string{Postgres}, fn: d.replicaFailover},
 		{name: DatabaseRestart, stores: []string{Postgres}, fn: d.databaseRestart, needsPGCtl: true},
+		{name: SinkOutageReplay, stores: []string{SQLite, Postgres}, fn: d.sinkOutageReplay},
 	}
 }
 
@@ -209,7 +211,7 @@ func (d *Driver) RunAll(ctx context.Context) ([]Result, error) {
 			}
 		}
 	}
-	if !d.wanted(SyncReconnectReplay, "-") && !d.wanted(SyncTokenExpiryGuard, "-") && !d.wanted(SinkOutageReplay, "-") {
+	if !d.wanted(SyncReconnectReplay, "-") && !d.wanted(SyncTokenExpiryGuard, "-") {
 		return results, d.writeSummary(started, results)
 	}
 	for _, r := range d.pendingDrills(ctx) {

@@ -18,16 +18,15 @@ func (d *Driver) pendingDrills(ctx context.Context) []Result {
 	return []Result{
 		notRun(SyncReconnectReplay, "-", "WebSocket sync delivery (GET /sync/v1, DESIGN section 8) is not implemented by the drill runner; "+probe.sync, false),
 		notRun(SyncTokenExpiryGuard, "-", "needs a sync delivery surface that verifies tokens (WebSocket /sync/v1 or the polling endpoint) to present an expired token to; "+probe.sync+"; "+probe.poll, false),
-		notRun(SinkOutageReplay, "-", "needs `serve` to run the projector with OA_KHALA_SINK=http against an external Khala endpoint; "+probe.projector, false),
 	}
 }
 
-type surfaceProbe struct{ sync, poll, projector string }
+type surfaceProbe struct{ sync, poll string }
 
 // probeSurfaces starts a throwaway SQLite node and asks it for the sync
-// surfaces and the projector readiness check.
+// delivery surfaces.
 func (d *Driver) probeSurfaces(ctx context.Context) surfaceProbe {
-	p := surfaceProbe{sync: "probe of /sync/v1 not done", poll: "probe of the polling endpoint not done", projector: "probe of /readyz not done"}
+	p := surfaceProbe{sync: "probe of /sync/v1 not done", poll: "probe of the polling endpoint not done"}
 	settings, cleanup, err := d.database(ctx, SQLite, "probe")
 	if err != nil {
 		return p
@@ -60,14 +59,5 @@ func (d *Driver) probeSurfaces(ctx context.Context) surfaceProbe {
 	}
 	p.sync = "a running node answers GET /sync/v1 with " + get("/sync/v1")
 	p.poll = "GET /internal/v1/khala/topics/runtime.run_summaries/messages answers " + get("/internal/v1/khala/topics/runtime.run_summaries/messages?after_seq=0")
-	_, body, err := readyz(ctx, hc, node.Addr)
-	switch {
-	case err != nil:
-		p.projector = "/readyz: " + err.Error()
-	case body.Checks["projector"] == "":
-		p.projector = fmt.Sprintf("/readyz reports no projector check (checks: %v)", body.Checks)
-	default:
-		p.projector = "/readyz projector check: " + body.Checks["projector"] + " (the drill itself is not implemented yet)"
-	}
 	return p
 }

@@ -15,7 +15,7 @@ func (d *Driver) writeSummary(started time.Time, results []Result) error {
 	totals, passed := Summarize(results)
 	s := Summary{
 		Harness: Harness, StartedAt: started.UTC().Format(time.RFC3339), FinishedAt: time.Now().UTC().Format(time.RFC3339),
-		Short: d.cfg.Short, CI: d.cfg.CI, Binary: d.cfg.Bin, Totals: totals, Passed: passed,
+		Short: d.cfg.Short, CI: d.cfg.CI, Binary: d.cfg.Bin, Revision: d.cfg.Revision, Totals: totals, Passed: passed,
 		Settings: map[string]any{
 			"lease_ttl_ms": d.cfg.LeaseTTL.Milliseconds(), "lease_renew_ms": d.cfg.LeaseRenew.Milliseconds(),
 			"janitor_interval_ms": d.cfg.JanitorInterval.Milliseconds(), "postgres": d.cfg.PGURL != "",
@@ -49,7 +49,7 @@ func WriteMarkdown(w io.Writer, s Summary, results []Result) error {
 		verdict = "FAILED"
 	}
 	fmt.Fprintf(&b, "# Restart/reconnect chaos drills: %s\n\n", verdict)
-	fmt.Fprintf(&b, "Harness `%s`, %s to %s, short=%v, CI=%v.\n", s.Harness, s.StartedAt, s.FinishedAt, s.Short, s.CI)
+	fmt.Fprintf(&b, "Harness `%s`, revision %s, %s to %s, short=%v, CI=%v.\n", s.Harness, s.Revision, s.StartedAt, s.FinishedAt, s.Short, s.CI)
 	fmt.Fprintf(&b, "Lease TTL %dms, renew %dms, janitor interval %dms.\n\n", s.Settings["lease_ttl_ms"], s.Settings["lease_renew_ms"], s.Settings["janitor_interval_ms"])
 	fmt.Fprintf(&b, "**%d passed / %d failed / %d not run.** Not-run drills are not passes.\n\n", s.Totals[StatusPassed], s.Totals[StatusFailed], s.Totals[StatusNotRun])
 	b.WriteString("| drill | store | status | duration | runs | events | lost | duplicated | seq gaps | notes |\n|---|---|---|---|---|---|---|---|---|---|\n")
@@ -104,6 +104,9 @@ func keyFigure(r Result) string {
 	}
 	if v, ok := r.Counts["stream_reconnects"]; ok {
 		parts = append(parts, fmt.Sprintf("%d reconnects", v))
+	}
+	if v, ok := r.DurationsMS["recovery_to_khala_converged"]; ok {
+		parts = append(parts, fmt.Sprintf("Khala converged %dms after it came back (%d upserts rejected during the outage)", v, r.Counts["khala_upserts_rejected_during_outage"]))
 	}
 	if v, ok := r.DurationsMS["start_to_readyz_200"]; ok {
 		parts = append(parts, fmt.Sprintf("readyz 503 x%d, 200 %dms after start", r.Counts["readyz_503_during_outage"], v))

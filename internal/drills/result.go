@@ -112,6 +112,7 @@ type Summary struct {
 	Short      bool           `json:"short"`
 	CI         bool           `json:"ci"`
 	Binary     string         `json:"binary"`
+	Revision   string         `json:"revision,omitempty"`
 	Settings   map[string]any `json:"settings"`
 	Totals     map[string]int `json:"totals"`
 	Passed     bool           `json:"passed"`

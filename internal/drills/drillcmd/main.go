@@ -36,6 +36,7 @@ func run() int {
 	fs := flag.NewFlagSet("drillcmd", flag.ContinueOnError)
 	bin := fs.String("bin", "", "the oaruntime binary (required)")
 	out := fs.String("out", "", "output folder (required)")
+	revision := fs.String("revision", "", "source revision of the binary, recorded in summary.json")
 	short := fs.Bool("short", os.Getenv("OA_DRILL_SHORT") == "1", "CI load: fewer runs and clients (OA_DRILL_SHORT=1)")
 	only := fs.String("only", os.Getenv("OA_DRILL_ONLY"), "comma-separated drill names to run (OA_DRILL_ONLY; default all)")
 	stores := fs.String("stores", os.Getenv("OA_DRILL_STORES"), "comma-separated stores: sqlite,postgres (OA_DRILL_STORES; default both)")
@@ -52,7 +53,7 @@ func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	d, err := drills.New(drills.Config{
-		Bin: *bin, OutDir: *out, Short: *short, CI: os.Getenv("CI") != "",
+		Bin: *bin, Revision: *revision, OutDir: *out, Short: *short, CI: os.Getenv("CI") != "",
 		PGURL: os.Getenv("OA_TEST_DATABASE_URL"), PGBin: os.Getenv("OA_TEST_PG_BIN"), PGData: os.Getenv("OA_TEST_PG_DATA"),
 		PGStopMode: os.Getenv("OA_DRILL_PG_STOP_MODE"),
 		LeaseTTL:   *leaseTTL, LeaseRenew: *leaseRenew, JanitorInterval: *janitor,
