@@ -86,10 +86,10 @@ func runsCmd(ctx context.Context, args []string) error {
 	}
 	res := runsResult{Config: map[string]any{
 		"rounds": *rounds, "n": *n, "pool_max_conns": *poolSize, "submitters": *submitters,
-		"oaruntime_item": "POST /runs + POST /frames user_message {text:hi}; counted at run.finished succeeded (executor_terminal_total)",
-		"river_item":     "client.Insert(noop job) one by one; counted at EventKindJobCompleted (completion committed)",
+		"oaruntime_item":  "POST /runs + POST /frames user_message {text:hi}; counted at run.finished succeeded (executor_terminal_total)",
+		"river_item":      "client.Insert(noop job) one by one; counted at EventKindJobCompleted (completion committed)",
 		"river_burn_down": "queue paused, InsertManyFast N, timed from QueueResume until N completed (river bench style)",
-		"river_fetch":    "River defaults (FetchCooldown 100ms, FetchPollInterval 1s)",
+		"river_fetch":     "River defaults (FetchCooldown 100ms, FetchPollInterval 1s)",
 	}}
 
 	// Sweep: one round per setting, each side keeps its best setting for the
