@@ -68,7 +68,8 @@ func (f *fakeKhala) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req MutationRequest
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil || len(req.Args) != 1 || req.Format != "khala_encoded_json" || req.Path != MutationUpsertRunSummary {
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil || len(req.Args) != 1 || req.Format != "khala_encoded_json" ||
+		(req.Path != MutationUpsertRunSummary && req.Path != MutationUpsertCodexWorkerSummary) {
 		http.Error(w, "bad request", http.StatusBadRequest)
 		return
 	}
