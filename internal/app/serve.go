@@ -23,6 +23,7 @@ import (
 	"github.com/oaruntime/oaruntime/internal/httpapi"
 	"github.com/oaruntime/oaruntime/internal/notify"
 	"github.com/oaruntime/oaruntime/internal/projection"
+	"github.com/oaruntime/oaruntime/internal/receipts"
 	"github.com/oaruntime/oaruntime/internal/store"
 	"github.com/oaruntime/oaruntime/internal/store/postgres"
 	"github.com/oaruntime/oaruntime/internal/store/sqlite"
@@ -171,6 +172,7 @@ func NewServer(ctx context.Context, cfg *config.Config, logOut io.Writer) (*Serv
 		routes = append(routes, httpapi.Route{Pattern: r.Pattern, Handler: r.Handler})
 	}
 	routes = append(routes, workers.Routes(st, log)...)
+	routes = append(routes, receipts.Routes(st, m, log)...)
 	routes = append(routes, s.faultRoutes()...)
 	s.Stream = stream.New(stream.Config{Heartbeat: cfg.StreamHeartbeat, IdleTimeout: cfg.StreamIdle, Shutdown: s.shutdown}, st, hub, m, log)
 	s.Handler = httpapi.New(httpapi.Deps{
