@@ -66,7 +66,8 @@ const usage = `usage: oabench COMMAND [flags]
   rescue    time to resume a run after SIGKILL vs River's rescuer
   append    append latency at a fixed rate on SQLite and PostgreSQL
   fanout    SSE fan-out: concurrent streams, server RSS, commit-to-client latency
-  all       runs, rescue, append and fanout in sequence
+  all       runs, rescue, append and fanout in sequence (common flags only)
+  gobench   store the output of the executor Go benchmark in the JSON file
   river-worker   (internal) a River client process for the rescue measurement
 `
 
@@ -90,6 +91,8 @@ func main() {
 		err = fanoutCmd(ctx, args)
 	case "all":
 		err = allCmd(ctx, args)
+	case "gobench":
+		err = gobenchCmd(ctx, args)
 	case "river-worker":
 		err = riverWorkerCmd(ctx, args)
 	default:

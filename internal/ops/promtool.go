@@ -333,7 +333,7 @@ func AlertCases() []AlertCase {
 			Series: []Series{parity("network", "ssrf_block.private_address", "tools.network", 2.9)},
 			Evals:  []Eval{quiet(25 * m)}},
 		{Alert: "OpenAgentsRuntimeParityFailureSpike", Kind: CaseZero, Name: "no parity failures",
-			Series: []Series{parity("workflow", "workflow.output_schema_violation", "workflow", 0)},
+			Series: []Series{parity("workflow", "output_schema_violation", "workflow", 0)},
 			Evals:  []Eval{quiet(25 * m)}},
 	}
 }

@@ -120,7 +120,10 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
 	return false
 }
 
-// CheckpointView is the answer of GET .../checkpoints/{run_id}.
+// CheckpointView is the answer of GET .../checkpoints/{run_id}. With
+// ?projection=codex_worker the path names a codex worker instead of a run
+// (RunID then holds the worker id) and EventsCursor shows how far its
+// events reached topic runtime.codex_worker_events.
 type CheckpointView struct {
 	RunID             string            `json:"run_id"`
 	Projection        string            `json:"projection"`
@@ -129,6 +132,7 @@ type CheckpointView struct {
 	LagEvents         int64             `json:"lag_events"`
 	Checkpoint        *store.Checkpoint `json:"checkpoint"`
 	Document          *DocumentView     `json:"document"`
+	EventsCursor      *store.Checkpoint `json:"events_cursor,omitempty"`
 }
 
 // DocumentView describes the stored document without its payload.
@@ -142,36 +146,53 @@ type DocumentView struct {
 }
 
 func (p *Projector) handleCheckpoint(w http.ResponseWriter, r *http.Request) {
-	runID := r.PathValue("run_id")
-	if !idRe.MatchString(runID) {
+	id := r.PathValue("run_id")
+	if !idRe.MatchString(id) {
 		badRequest(w, "run_id", "must be 1-200 visible ASCII characters")
 		return
 	}
+	kind := r.URL.Query().Get("projection")
+	switch kind {
+	case "", store.ProjectionRun:
+		kind = store.ProjectionRun
+	case store.ProjectionCodexWorker:
+		if p.workers == nil {
+			writeError(w, http.StatusNotImplemented, "not_implemented", "projection: this server does not project codex workers")
+			return
+		}
+	default:
+		badRequest(w, "projection", "must be run or codex_worker")
+		return
+	}
 	ctx := r.Context()
-	v := CheckpointView{RunID: runID, Projection: store.ProjectionRun, ProjectionVersion: p.cfg.Version}
-	run, _, err := p.st.LoadRunLog(ctx, runID)
-	runFound := err == nil
+	v := CheckpointView{RunID: id, Projection: kind, ProjectionVersion: p.cfg.Version}
+	topic, docKey, what := store.TopicRunSummaries, RunDocKey(id), "run"
+	if kind == store.ProjectionCodexWorker {
+		topic, docKey, what = store.TopicCodexWorkerSummaries, WorkerDocKey(id), "worker"
+	}
+	latest, err := p.latestSeq(ctx, kind, id)
+	found := err == nil
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		p.storeFailure(w, r, err)
 		return
 	}
-	v.RuntimeLatestSeq = run.LatestSeq
-	cp, err := p.st.GetCheckpoint(ctx, store.ProjectionRun, runID)
+	v.RuntimeLatestSeq = latest
+	cp, err := p.st.GetCheckpoint(ctx, kind, id)
 	switch {
 	case err == nil:
 		v.Checkpoint = &cp
-		v.LagEvents = max(run.LatestSeq-cp.LastSeq, 0)
+		v.LagEvents = max(latest-cp.LastSeq, 0)
 	case errors.Is(err, store.ErrNotFound):
-		v.LagEvents = run.LatestSeq
+		v.LagEvents = latest
 	default:
 		p.storeFailure(w, r, err)
 		return
 	}
-	if !runFound && v.Checkpoint == nil {
-		writeError(w, http.StatusNotFound, "not_found", "run_id: no run and no checkpoint "+strconv.Quote(runID))
+	if !found && v.Checkpoint == nil {
+		writeError(w, http.StatusNotFound, "not_found", "run_id: no "+what+" and no checkpoint "+strconv.Quote(id))
 		return
 	}
-	doc, err := p.st.GetDocument(ctx, store.TopicRunSummaries, RunDocKey(runID))
+	doc, err := p.st.GetDocument(ctx, topic, docKey)
 	switch {
 	case err == nil:
 		v.Document = &DocumentView{DocKey: doc.DocKey, Topic: doc.Topic, SourceSeq: doc.SourceSeq,
@@ -179,6 +200,16 @@ func (p *Projector) handleCheckpoint(w http.ResponseWriter, r *http.Request) {
 	case !errors.Is(err, store.ErrNotFound):
 		p.storeFailure(w, r, err)
 		return
+	}
+	if kind == store.ProjectionCodexWorker {
+		c, err := p.st.GetCheckpoint(ctx, kind, store.WorkerEventsCursorID(id))
+		switch {
+		case err == nil:
+			v.EventsCursor = &c
+		case !errors.Is(err, store.ErrNotFound):
+			p.storeFailure(w, r, err)
+			return
+		}
 	}
 	writeJSON(w, http.StatusOK, v)
 }

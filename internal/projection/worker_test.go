@@ -830,3 +830,58 @@ func TestStoreWithoutWorkers(t *testing.T) {
 		t.Fatalf("reproject all without workers = %+v, %v", rep, err)
 	}
 }
+
+// TestWorkerHandlers: the operator endpoints take worker ids.
+func TestWorkerHandlers(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, st testStore, exec func(*testing.T, string)) {
+		ctx := context.Background()
+		p := New(st, nil, nil, nil, Config{Serving: true})
+		mkWorker(t, st, "w1")
+		if _, err := p.ProjectWorker(ctx, "w1"); err != nil {
+			t.Fatal(err)
+		}
+		workerEv(t, st, "w1", "worker.response")
+		h := serve(t, p, false)
+
+		code, out := do(t, h, "GET", "/internal/v1/projectors/checkpoints/w1?projection=codex_worker", "")
+		if code != 200 || out["projection"] != "codex_worker" || out["lag_events"] != 1.0 || out["runtime_latest_seq"] != 2.0 {
+			t.Fatalf("worker checkpoint view = %d %v", code, out)
+		}
+		if doc, _ := out["document"].(map[string]any); doc["document_id"] != WorkerDocKey("w1") || doc["topic"] != store.TopicCodexWorkerSummaries {
+			t.Fatalf("document = %v", out["document"])
+		}
+		if ec, _ := out["events_cursor"].(map[string]any); ec["last_seq"] != 1.0 || ec["document_id"] != "runtime/codex_worker_event:w1:1" {
+			t.Fatalf("events cursor = %v", out["events_cursor"])
+		}
+		if code, _ := do(t, h, "GET", "/internal/v1/projectors/checkpoints/w1", ""); code != 404 {
+			t.Fatalf("a worker id as a run = %d", code)
+		}
+		if code, out := do(t, h, "GET", "/internal/v1/projectors/checkpoints/w1?projection=bogus", ""); code != 400 || !strings.HasPrefix(errMessage(out), "projection") {
+			t.Fatalf("bad projection = %d %v", code, out)
+		}
+
+		code, out = do(t, h, "POST", "/internal/v1/projectors/reproject", `{"worker_id":"w1"}`)
+		rep, _ := out["report"].(map[string]any)
+		if code != 200 || out["ok"] != true || rep["total"] != 1.0 {
+			t.Fatalf("reproject worker = %d %v", code, out)
+		}
+		assertWorkersConverged(t, st, p, "w1")
+		if code, out := do(t, h, "POST", "/internal/v1/projectors/reproject", `{"worker_id":"nope"}`); code != 404 || !strings.HasPrefix(errMessage(out), "worker_id") {
+			t.Fatalf("reproject unknown worker = %d %v", code, out)
+		}
+		for body, field := range map[string]string{
+			`{"worker_id":"w1","run_id":"r1"}`:                 "all",
+			`{"worker_id":"w1","all":true}`:                    "all",
+			`{"worker_id":7}`:                                  "worker_id",
+			`{"worker_id":"` + strings.Repeat("w", 201) + `"}`: "worker_id",
+		} {
+			if code, out := do(t, h, "POST", "/internal/v1/projectors/reproject", body); code != 400 || !strings.HasPrefix(errMessage(out), field) {
+				t.Fatalf("reproject %s = %d %v, want 400 naming %s", body, code, out, field)
+			}
+		}
+		code, out = do(t, h, "POST", "/internal/v1/projectors/reproject", `{"all":true}`)
+		if rep, _ := out["report"].(map[string]any); code != 200 || rep["total"] != 1.0 {
+			t.Fatalf("reproject all = %d %v", code, out)
+		}
+	})
+}
