@@ -79,6 +79,7 @@ type runOptions struct {
 // or has no more input. Every write carries the lease's fencing token.
 func (e *Executor) RunOnce(ctx context.Context, l store.Lease) (res Result) {
 	start := time.Now()
+	ctx = e.pendingTrace(ctx, l.RunID)
 	ctx, span := e.d.Tracer.Start(ctx, "run_once")
 	span.SetAttributes(attribute.String("run_id", l.RunID))
 	defer func() {
@@ -90,12 +91,32 @@ func (e *Executor) RunOnce(ctx context.Context, l store.Lease) (res Result) {
 		if res.ReasonClass == "" {
 			res.ReasonClass = "none"
 		}
-		e.d.Metrics.RunOnce(result, res.ReasonClass, time.Since(start))
+		d := time.Since(start)
+		e.d.Metrics.RunOnce(result, res.ReasonClass, d)
+		e.d.Logger.InfoContext(ctx, "run_once", "run_id", l.RunID, "result", result, "status", res.Status,
+			"reason_class", res.ReasonClass, "processed_frames", res.ProcessedFrames, "duration_ms", float64(d.Microseconds())/1000)
 		span.End()
 	}()
 	r := &runner{e: e, lease: l, fence: l.Fence()}
 	res = r.run(ctx)
 	return res
+}
+
+// pendingTrace makes the trace of the run's next pending frame the parent
+// of run_once: the pass exists because that request sent input, so the pass
+// (and run.started, appended before the frame is read) belongs to its trace.
+// A read error only loses the parent; run reports it.
+func (e *Executor) pendingTrace(ctx context.Context, runID string) context.Context {
+	run, err := e.d.Store.GetRun(ctx, runID)
+	if err != nil {
+		return ctx
+	}
+	fr, err := e.d.Store.NextFrame(ctx, runID, run.LastProcessedFrameID)
+	if err != nil {
+		return ctx
+	}
+	ctx = telemetry.ContextWithRemote(ctx, fr.Trace.TraceParent, fr.Trace.TraceState)
+	return telemetry.WithRequestID(ctx, fr.Trace.RequestID)
 }
 
 type runner struct {

@@ -724,9 +724,7 @@ func (p *Projector) checkpoint(ctx context.Context, projection, entityID string)
 // continueTrace makes ctx continue the trace stored with the entity's last
 // event, so the projection span joins the request that caused it.
 func (p *Projector) continueTrace(ctx context.Context, tr store.TraceContext) context.Context {
-	if p.cfg.Tracer == nil {
-		return ctx
-	}
+	// Also without a tracer: the write's log line carries the ids.
 	ctx = telemetry.ContextWithRemote(ctx, tr.TraceParent, tr.TraceState)
 	if tr.RequestID != "" {
 		ctx = telemetry.WithRequestID(ctx, tr.RequestID)
@@ -838,6 +836,14 @@ func (p *Projector) decideAndWrite(ctx context.Context, out *Outcome, cp *store.
 	case err == nil:
 		out.Result, out.Watermark = "ok", wm
 		p.m.ProjectionWrite(w.metric, "ok")
+		// One line per document write, in the trace of the request that
+		// caused it (the runbook's correlation walkthrough, step 4).
+		idKey := "run_id"
+		if w.kind != store.ProjectionRun {
+			idKey = "worker_id"
+		}
+		p.log.InfoContext(ctx, "khala projection write", "projection", w.metric, idKey, out.EntityID,
+			"seq", w.seq, "decision", out.Decision.Reason, "lag_events", out.LagEvents, "watermark", wm)
 		p.m.SetSinkUp(true)
 		p.mu.Lock()
 		delete(p.reported, key)
