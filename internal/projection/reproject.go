@@ -149,6 +149,15 @@ func (p *Projector) reprojectOne(ctx context.Context, tg target, dryRun bool) En
 	if c, err := p.st.GetCheckpoint(ctx, tg.kind, id); err == nil {
 		before = &c
 	}
+	// A worker's event cursor is repaired too (one ahead of the log is
+	// replaced), so it counts towards "changed".
+	cursor := int64(-1)
+	if tg.kind == store.ProjectionCodexWorker {
+		cursor = 0
+		if c, err := p.st.GetCheckpoint(ctx, tg.kind, store.WorkerEventsCursorID(id)); err == nil {
+			cursor = c.LastSeq
+		}
+	}
 	var err error
 	p.mu.Lock()
 	fault := p.replayFault
@@ -189,7 +198,8 @@ func (p *Projector) reprojectOne(ctx context.Context, tg target, dryRun bool) En
 	}
 	r.Duration = time.Since(t0)
 	if err == nil {
-		r.Changed = before == nil || before.LastSeq != r.Seq || before.SummaryHash != r.Hash || before.ProjectionVersion != p.cfg.Version
+		r.Changed = before == nil || before.LastSeq != r.Seq || before.SummaryHash != r.Hash || before.ProjectionVersion != p.cfg.Version ||
+			(cursor >= 0 && cursor != r.Seq)
 	}
 	if dryRun { // a dry run writes nothing, replay rows included
 		r.Result = "dry_run"

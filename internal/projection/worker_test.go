@@ -428,7 +428,10 @@ func TestWorkerDecisionsAndDrift(t *testing.T) {
 			t.Fatalf("event cursor drift rows = %d: %+v", lanes, rows)
 		}
 
-		// Reprojection repairs both.
+		// Reprojection repairs both; a dry run already counts the cursor.
+		if rep, err := p.Reproject(ctx, Scope{WorkerID: "w2", DryRun: true}, nil); err != nil || rep.Changed != 1 {
+			t.Fatalf("dry run of a worker whose only fault is its cursor = %+v, %v", rep, err)
+		}
 		for _, id := range []string{"w1", "w2"} {
 			if rep, err := p.Reproject(ctx, Scope{WorkerID: id}, nil); err != nil || rep.Failed != 0 || rep.Total != 1 {
 				t.Fatalf("reproject %s = %+v, %v", id, rep, err)
