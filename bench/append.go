@@ -21,6 +21,10 @@ type appendRun struct {
 	Runs       int      `json:"runs"`
 	Latency    durStats `json:"latency_from_schedule"`
 	Service    durStats `json:"latency_from_send"`
+	// Shares of the two-core machine while appending: the serve process,
+	// and everything (PostgreSQL, this client, other load on the machine).
+	ServerCPUCores  float64 `json:"server_cpu_cores"`
+	MachineCPUCores float64 `json:"machine_cpu_cores"`
 }
 
 type appendResult struct {
@@ -96,6 +100,7 @@ func appendOne(ctx context.Context, c *common, name, dbURL string, rate float64,
 	var firstErr atomic.Value
 	interval := time.Duration(float64(time.Second) / rate)
 	start := time.Now().Add(50 * time.Millisecond)
+	cpu0, busy0 := procCPU(srv.pid()), machineBusy()
 	var wg sync.WaitGroup
 	for i := range total {
 		at := start.Add(time.Duration(i) * interval)
@@ -116,6 +121,7 @@ func appendOne(ctx context.Context, c *common, name, dbURL string, rate float64,
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	serverCPU, busy := procCPU(srv.pid())-cpu0, machineBusy()-busy0
 	var l1, l2 []time.Duration
 	for i := range total {
 		if ok[i] {
@@ -124,7 +130,8 @@ func appendOne(ctx context.Context, c *common, name, dbURL string, rate float64,
 		}
 	}
 	r := appendRun{Store: name, TargetRate: rate, Seconds: elapsed.Seconds(), Sent: total, Errors: errs.Load(), Runs: nRuns,
-		Achieved: float64(len(l1)) / elapsed.Seconds(), Latency: summarize(l1), Service: summarize(l2)}
+		Achieved: float64(len(l1)) / elapsed.Seconds(), Latency: summarize(l1), Service: summarize(l2),
+		ServerCPUCores: serverCPU.Seconds() / elapsed.Seconds(), MachineCPUCores: busy.Seconds() / elapsed.Seconds()}
 	if v, ok := firstErr.Load().(string); ok {
 		r.FirstError = v
 	}

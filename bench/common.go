@@ -450,6 +450,9 @@ func machineInfo() map[string]any {
 			m["mem_total_mib"] = kb / 1024
 		}
 	}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		m["loadavg_at_save"] = strings.TrimSpace(string(b))
+	}
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		m["kernel"] = strings.TrimSpace(string(b))
 	}

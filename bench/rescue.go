@@ -525,7 +525,7 @@ func riverRescue(ctx context.Context, c *common, trials int, short, observe time
 		obs["leader_time_in_window_s"] = deadline.Sub(leaderAt).Seconds()
 	}
 	res.RiverDefaultObserved = obs
-	logf("river defaults: after %.0f s the job is %s (attempt %d); new client leader after %v", time.Since(killAt).Seconds(), state, attempt, obs["new_client_leader_after_ms"])
+	logf("river defaults: after %.0f s the job is %s (attempt %d); new client leader after %v ms", time.Since(killAt).Seconds(), state, attempt, obs["new_client_leader_after_ms"])
 	if state != "running" {
 		return errors.New("river defaults: the job left running within the observation window, which contradicts the default horizon; check the setup")
 	}
