@@ -49,7 +49,7 @@ func StartRuntime(t testing.TB) *Runtime {
 		LeaseTTL: 3 * time.Second, LeaseRenew: 500 * time.Millisecond, JanitorInterval: 250 * time.Millisecond,
 		JanitorMaxAttempts: 3, ExecutorConcurrency: 256, BreakerCooldown: 4 * time.Second,
 		StreamIdle: 30 * time.Second, StreamHeartbeat: 5 * time.Second, ShutdownGrace: 5 * time.Second,
-		EnableFaults: true,
+		EnableFaults: true, OperatorSubs: "user:alerttest",
 	}
 	if err := cfg.Resolve(); err != nil {
 		t.Fatal(err)

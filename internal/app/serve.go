@@ -168,12 +168,14 @@ func NewServer(ctx context.Context, cfg *config.Config, logOut io.Writer) (*Serv
 	s.Minter = minter
 	s.Proj = projection.New(st, newSink(cfg, st), hub, m, projection.Config{Serving: true, Logger: log, Tracer: tp.Tracer("oaruntime/projection")})
 	routes := []httpapi.Route{{Pattern: "POST /api/khala/token", Handler: token.NewHandler(minter, principal, m, log)}}
+	var opRoutes []httpapi.Route
 	for _, r := range s.Proj.Routes(cfg.EnableFaults) {
-		routes = append(routes, httpapi.Route{Pattern: r.Pattern, Handler: r.Handler})
+		opRoutes = append(opRoutes, httpapi.Route{Pattern: r.Pattern, Handler: r.Handler})
 	}
+	opRoutes = append(opRoutes, s.faultRoutes()...)
+	routes = append(routes, s.operatorRoutes(opRoutes)...)
 	routes = append(routes, workers.Routes(st, log)...)
 	routes = append(routes, receipts.Routes(st, m, log)...)
-	routes = append(routes, s.faultRoutes()...)
 	s.Stream = stream.New(stream.Config{Heartbeat: cfg.StreamHeartbeat, IdleTimeout: cfg.StreamIdle, Shutdown: s.shutdown}, st, hub, m, log)
 	s.Handler = httpapi.New(httpapi.Deps{
 		Store: st, Metrics: m, Logger: log, Verifier: verifier, Stream: s.Stream,

@@ -47,6 +47,7 @@ type Config struct {
 	JanitorMaxAttempts  int
 	ExecutorConcurrency int
 	BreakerCooldown     time.Duration
+	OperatorSubs        string // comma-separated principals allowed on operator routes
 	ToolManifests       string // comma-separated files or directories of tool manifests
 	EgressAllowlist     string // comma-separated hosts tools may reach (empty: any public host)
 	OpenAIBaseURL       string
@@ -98,6 +99,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.JanitorInterval, "janitor-interval", envDuration("OA_RUNTIME_JANITOR_INTERVAL", 2*time.Second), "janitor scan interval (OA_RUNTIME_JANITOR_INTERVAL)")
 	fs.IntVar(&c.JanitorMaxAttempts, "janitor-max-attempts", 3, "reclaims without progress before a run fails with executor_recovery_exhausted")
 	fs.DurationVar(&c.BreakerCooldown, "breaker-cooldown", envDuration("OA_RUNTIME_BREAKER_COOLDOWN", 30*time.Second), "how long an open provider circuit breaker waits before one probe (OA_RUNTIME_BREAKER_COOLDOWN)")
+	fs.StringVar(&c.OperatorSubs, "operator-subs", env("OA_RUNTIME_OPERATOR_SUBS", ""), "comma-separated principals (sub) allowed on operator routes: drift, reproject, verify, faults (OA_RUNTIME_OPERATOR_SUBS; default user:operator, plus user:local with SQLite)")
 	fs.StringVar(&c.ToolManifests, "tool-manifests", env("OA_RUNTIME_TOOL_MANIFESTS", ""), "comma-separated tool manifest files or directories (OA_RUNTIME_TOOL_MANIFESTS)")
 	fs.StringVar(&c.EgressAllowlist, "egress-allowlist", env("OA_RUNTIME_EGRESS_ALLOWLIST", ""), "comma-separated hosts tools may reach; empty allows any public host (OA_RUNTIME_EGRESS_ALLOWLIST)")
 	fs.StringVar(&c.OpenAIBaseURL, "openai-base-url", env("OA_OPENAI_BASE_URL", ""), "OpenAI-compatible API base URL for provider \"openai\" (OA_OPENAI_BASE_URL)")
@@ -162,6 +164,12 @@ func (c *Config) Resolve() error {
 			c.SyncTokenKeyID = "dev"
 		}
 	}
+	if c.OperatorSubs == "" {
+		c.OperatorSubs = "user:operator"
+		if !c.IsPostgres() {
+			c.OperatorSubs += ",user:local" // the development client's default principal
+		}
+	}
 	if c.NodeID == "" {
 		h, _ := os.Hostname()
 		var b [4]byte
@@ -198,4 +206,15 @@ func devSecret(dir, name string, create bool) (string, error) {
 		return "", fmt.Errorf("write development secret: %w", err)
 	}
 	return s, nil
+}
+
+// OperatorSubList is OperatorSubs split.
+func (c *Config) OperatorSubList() []string {
+	var out []string
+	for _, p := range strings.Split(c.OperatorSubs, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }
