@@ -217,6 +217,10 @@ func (ss *session) run(ctx context.Context) (websocket.StatusCode, string) {
 
 // failed ends a session after a write or store error.
 func (ss *session) failed(ctx context.Context, err error, closeWith func(websocket.StatusCode, string) (websocket.StatusCode, string)) (websocket.StatusCode, string) {
+	if ctx.Err() != nil {
+		// Stop canceled a store read mid-delivery: a shutdown, not a failure.
+		return closeWith(websocket.StatusGoingAway, CloseServerShutdown)
+	}
 	var se storeError
 	if errors.As(err, &se) {
 		ss.log.ErrorContext(ctx, "sync: store read failed; closing socket", "error", err)
@@ -258,7 +262,9 @@ func (ss *session) send(ctx context.Context, v any) error {
 	if err != nil {
 		return fmt.Errorf("encode %T: %w", v, err)
 	}
-	wctx, cancel := context.WithTimeout(ctx, ss.svc.cfg.WriteTimeout)
+	// Not canceled by Stop: a write cut short by cancellation would close
+	// the connection without the 1001 close frame.
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ss.svc.cfg.WriteTimeout)
 	defer cancel()
 	if err := ss.conn.Write(wctx, websocket.MessageText, b); err != nil {
 		return fmt.Errorf("write: %w", err)
