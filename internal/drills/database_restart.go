@@ -224,7 +224,7 @@ func (d *Driver) databaseRestart(ctx context.Context, kind string) Result {
 		r.failf("/readyz did not answer 200 after PostgreSQL came back")
 	}
 	if !node.Alive() {
-		r.failf("the node exited during the database outage: %s", tail(node.logPath, 400))
+		r.failf("the node ended (%s) during the database outage: %s", node.ExitState(), tail(node.logPath, 300))
 	}
 
 	checks := checkAll(ctx, r, c, plans)

@@ -31,6 +31,7 @@ type Node struct {
 	exited chan struct{}
 	starts int
 	nodeID string
+	exit   string // how the last process ended, e.g. "exit status 0"
 }
 
 // freeAddr returns a loopback address nothing listens on right now.
@@ -107,8 +108,17 @@ func (n *Node) Start(ctx context.Context, bin, nodeID string) error {
 	}
 	exited := make(chan struct{})
 	go func() {
-		_ = cmd.Wait()
+		err := cmd.Wait()
 		_ = logf.Close()
+		state := "exited"
+		if cmd.ProcessState != nil {
+			state = cmd.ProcessState.String()
+		} else if err != nil {
+			state = err.Error()
+		}
+		n.mu.Lock()
+		n.exit = state
+		n.mu.Unlock()
 		close(exited)
 	}()
 	n.mu.Lock()
@@ -177,6 +187,16 @@ func (n *Node) Stop() {
 		_ = cmd.Process.Signal(syscall.SIGKILL)
 		<-exited
 	}
+}
+
+// ExitState says how the last process ended ("" while it runs). A node
+// that ended with "exit status 0" without the drill stopping it received
+// SIGTERM or SIGINT from outside the drill (serve shuts down cleanly on
+// those): something else on the machine is killing oaruntime processes.
+func (n *Node) ExitState() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.exit
 }
 
 // Alive reports whether the process runs.

@@ -141,7 +141,7 @@ func (d *Driver) replicaFailover(ctx context.Context, kind string) Result {
 	}
 	for _, n := range nodes[1:] {
 		if !n.Alive() {
-			r.failf("surviving replica %s exited: %s", n.Name, tail(n.logPath, 400))
+			r.failf("surviving replica %s ended (%s) during the drill: %s", n.Name, n.ExitState(), tail(n.logPath, 300))
 		}
 	}
 	res := r.done()

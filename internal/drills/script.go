@@ -37,13 +37,15 @@ func toolScript(tag string, modelSleepMS, firstMS, secondMS int) []provider.Step
 }
 
 // streamScript produces a steady flow of events: parts deltas each followed
-// by a sleep tool of stepMS, then the answer.
+// by a sleep tool of about stepMS, then the answer.
 func streamScript(tag string, parts, stepMS int) []provider.Step {
 	var s []provider.Step
 	for j := range parts {
 		s = append(s,
 			provider.Step{Say: strp(fmt.Sprintf("%s part %d", tag, j))},
-			provider.Step{Tool: "sleep", Input: rawJSON(map[string]any{"ms": stepMS})},
+			// A different input each time: the same call repeated ten times
+			// in a row is what the loop detector fails a run for.
+			provider.Step{Tool: "sleep", Input: rawJSON(map[string]any{"ms": stepMS + j})},
 		)
 	}
 	return append(s, provider.Step{Answer: strp(tag + " done")})
