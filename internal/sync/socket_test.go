@@ -104,6 +104,29 @@ func TestReplayInBatchesAndResume(t *testing.T) {
 		if !slices.Equal(watermarksOf(rest), watermarksOf(ups[100:])) {
 			t.Fatalf("resume after %d returned %d updates, want the %d after it", from, len(rest), len(ups)-100)
 		}
+		// Resuming from a watermark of one of Bob's rows (which Alice never
+		// saw) returns exactly her rows after it.
+		var bobWM int64
+		for i := 1; i < len(ups); i++ {
+			if ups[i].Watermark > ups[i-1].Watermark+1 {
+				bobWM = ups[i-1].Watermark + 1
+				break
+			}
+		}
+		if bobWM == 0 {
+			t.Fatal("no gap in alice's watermarks: bob's rows are missing from the stream")
+		}
+		var wantAfter []int64
+		for _, u := range ups {
+			if u.Watermark > bobWM {
+				wantAfter = append(wantAfter, u.Watermark)
+			}
+		}
+		cb := e.dial(e.token(userA))
+		cb.subscribe(map[string]int64{runs: bobWM}, runs)
+		if got := watermarksOf(updatesOf(cb.replay())); !slices.Equal(got, wantAfter) {
+			t.Fatalf("resume after bob's watermark %d returned %d updates, want %d", bobWM, len(got), len(wantAfter))
+		}
 		// Resuming at the head replays nothing and still completes.
 		c3 := e.dial(e.token(userA))
 		c3.subscribe(map[string]int64{runs: head}, runs)
