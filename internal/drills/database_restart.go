@@ -223,9 +223,7 @@ func (d *Driver) databaseRestart(ctx context.Context, kind string) Result {
 	if f.First200After < 0 {
 		r.failf("/readyz did not answer 200 after PostgreSQL came back")
 	}
-	if !node.Alive() {
-		r.failf("the node ended (%s) during the database outage: %s", node.ExitState(), tail(node.logPath, 300))
-	}
+	requireAlive(r, node)
 
 	checks := checkAll(ctx, r, c, plans)
 	logs := map[string][]apiEvent{}

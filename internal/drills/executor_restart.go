@@ -82,6 +82,7 @@ func (d *Driver) executorRestartRecovery(ctx context.Context, kind string) Resul
 	}
 	r.dur("kill_to_all_terminal", time.Since(killAt))
 
+	requireAlive(r, node)
 	checks := checkAll(ctx, r, c, plans)
 	d.recoveryFigures(r, checks, killAt, "", "kill", budgetTTLJanitor, d.recoveryBudget())
 	if r.r.Counts["runs_recovered"] == 0 {

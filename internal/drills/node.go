@@ -265,3 +265,13 @@ func tail(path string, n int64) string {
 	}
 	return "log tail: " + strings.TrimSpace(string(b))
 }
+
+// requireAlive records a failure for every node that is not running at the
+// end of a drill (the drill restarts what it kills, so none should be down).
+func requireAlive(r *rec, nodes ...*Node) {
+	for _, n := range nodes {
+		if !n.Alive() {
+			r.failf("node %s ended (%s) during the drill: %s", n.Name, n.ExitState(), tail(n.logPath, 300))
+		}
+	}
+}

@@ -139,11 +139,7 @@ func (d *Driver) replicaFailover(ctx context.Context, kind string) Result {
 			r.failf("%s: held by %s in a tool at the kill, but no run.executor_lost for its lease", rc.RunID, names[0])
 		}
 	}
-	for _, n := range nodes[1:] {
-		if !n.Alive() {
-			r.failf("surviving replica %s ended (%s) during the drill: %s", n.Name, n.ExitState(), tail(n.logPath, 300))
-		}
-	}
+	requireAlive(r, nodes[1:]...)
 	res := r.done()
 	passed = res.Passed
 	return res

@@ -311,6 +311,7 @@ func (d *Driver) sinkOutageReplay(ctx context.Context, kind string) Result {
 		time.Sleep(200 * time.Millisecond)
 	}
 
+	requireAlive(r, node)
 	checks := checkAll(ctx, r, c, plans)
 	d.recoveryFigures(r, checks, killAt, "", "kill", budgetTTLJanitor, d.recoveryBudget())
 	kh.mu.Lock()

@@ -274,6 +274,7 @@ func (d *Driver) streamReconnectResume(ctx context.Context, kind string) Result 
 	r.dur("kill_to_all_streams_done", time.Since(killAt))
 	scancel()
 
+	requireAlive(r, node)
 	checks := checkAll(ctx, r, c, plans)
 	logs := map[string][]apiEvent{}
 	for _, rc := range checks {
