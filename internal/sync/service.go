@@ -214,7 +214,7 @@ func (w wakeSink) Write(ctx context.Context, in store.ProjectionWriteInput) (int
 // caused them, so the store's event notices arrive too early to carry them.
 func (s *Service) WakeOnWrite(sink Sink) Sink { return wakeSink{Sink: sink, svc: s} }
 
-// heads returns the current head watermarks (never mutated; do not write)
+// snapshot returns the current head watermarks (never mutated; do not write)
 // and a channel closed at the next change.
 func (s *Service) snapshot() (map[string]int64, <-chan struct{}) {
 	s.mu.Lock()
