@@ -90,11 +90,15 @@ func tokenCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	return 0
 }
 
-func newMinter(cfg *config.Config, upstream ...func(context.Context) error) (*token.Minter, error) {
-	kr, err := token.NewKeyring(token.KeyConfig{
+func newKeyring(cfg *config.Config) (*token.Keyring, error) {
+	return token.NewKeyring(token.KeyConfig{
 		KeyID: cfg.SyncTokenKeyID, SigningKey: cfg.SyncTokenSigningKey,
 		PreviousKeyID: cfg.SyncTokenPreviousKeyID, PreviousSigningKey: cfg.SyncTokenPreviousKey,
 	})
+}
+
+func newMinter(cfg *config.Config, upstream ...func(context.Context) error) (*token.Minter, error) {
+	kr, err := newKeyring(cfg)
 	if err != nil {
 		return nil, err
 	}

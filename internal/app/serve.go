@@ -28,6 +28,7 @@ import (
 	"github.com/oaruntime/oaruntime/internal/store/postgres"
 	"github.com/oaruntime/oaruntime/internal/store/sqlite"
 	"github.com/oaruntime/oaruntime/internal/stream"
+	khalasync "github.com/oaruntime/oaruntime/internal/sync"
 	"github.com/oaruntime/oaruntime/internal/sync/token"
 	"github.com/oaruntime/oaruntime/internal/telemetry"
 	"github.com/oaruntime/oaruntime/internal/workers"
@@ -55,6 +56,7 @@ type migratingStore interface {
 	store.Store
 	store.ProjectionStore
 	store.WorkerStore
+	store.SyncStore
 	Migrate(ctx context.Context) error
 }
 
@@ -119,6 +121,8 @@ type Server struct {
 	Handler  http.Handler
 	Minter   *token.Minter
 	Proj     *projection.Projector
+	Sync     *khalasync.Service
+	Retain   *khalasync.Retention
 
 	faults        faultState
 	shutdown      chan struct{}
@@ -166,7 +170,14 @@ func NewServer(ctx context.Context, cfg *config.Config, logOut io.Writer) (*Serv
 		return nil, fmt.Errorf("sync token keys: %w", err)
 	}
 	s.Minter = minter
-	s.Proj = projection.New(st, newSink(cfg, st), hub, m, projection.Config{Serving: true, Logger: log, Tracer: tp.Tracer("oaruntime/projection")})
+	kr, err := newKeyring(cfg)
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("sync token keys: %w", err)
+	}
+	s.Sync = khalasync.New(st, token.NewVerifier(token.VerifierConfig{Keyring: kr, Issuer: minter.Issuer(), Audience: minter.Audience(), Revocations: token.NewMemoryRevocations()}), hub, m, khalasync.Config{Logger: log})
+	s.Retain = khalasync.NewRetention(st, khalasync.RetentionConfig{MaxAge: cfg.SyncRetention, Logger: log})
+	s.Proj = projection.New(st, s.Sync.WakeOnWrite(newSink(cfg, st)), hub, m, projection.Config{Serving: true, Logger: log, Tracer: tp.Tracer("oaruntime/projection")})
 	routes := []httpapi.Route{{Pattern: "POST /api/khala/token", Handler: token.NewHandler(minter, principal, m, log)}}
 	var opRoutes []httpapi.Route
 	for _, r := range s.Proj.Routes(cfg.EnableFaults) {
@@ -174,6 +185,7 @@ func NewServer(ctx context.Context, cfg *config.Config, logOut io.Writer) (*Serv
 	}
 	opRoutes = append(opRoutes, s.faultRoutes()...)
 	routes = append(routes, s.operatorRoutes(opRoutes)...)
+	routes = append(routes, s.Sync.Routes()...)
 	routes = append(routes, workers.Routes(st, log)...)
 	routes = append(routes, receipts.Routes(st, m, log)...)
 	s.Stream = stream.New(stream.Config{Heartbeat: cfg.StreamHeartbeat, IdleTimeout: cfg.StreamIdle, Shutdown: s.shutdown}, st, hub, m, log)
@@ -214,6 +226,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		cancel()
 		return fmt.Errorf("start projector: %w", err)
 	}
+	if err := s.Sync.Start(bg); err != nil {
+		cancel()
+		return fmt.Errorf("start sync delivery: %w", err)
+	}
+	s.Retain.Start(bg)
 	s.Exec.Start(bg)
 	s.Janitor.Start(bg)
 	hs := &http.Server{Handler: s.Handler, ReadHeaderTimeout: 10 * time.Second}
@@ -231,6 +248,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	sctx, scancel := context.WithTimeout(context.Background(), s.Cfg.ShutdownGrace)
 	defer scancel()
 	_ = hs.Shutdown(sctx)
+	s.Sync.Stop() // hijacked WebSockets are not closed by http.Server.Shutdown
+	s.Retain.Stop()
 	s.Janitor.Stop()
 	if err := s.Exec.Stop(sctx); err != nil {
 		s.Log.Warn("executor stop", "error", err)

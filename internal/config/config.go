@@ -48,6 +48,7 @@ type Config struct {
 	ExecutorConcurrency int
 	BreakerCooldown     time.Duration
 	OperatorSubs        string // comma-separated principals allowed on operator routes
+	SyncRetention       time.Duration
 	ToolManifests       string // comma-separated files or directories of tool manifests
 	EgressAllowlist     string // comma-separated hosts tools may reach (empty: any public host)
 	OpenAIBaseURL       string
@@ -99,6 +100,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.JanitorInterval, "janitor-interval", envDuration("OA_RUNTIME_JANITOR_INTERVAL", 2*time.Second), "janitor scan interval (OA_RUNTIME_JANITOR_INTERVAL)")
 	fs.IntVar(&c.JanitorMaxAttempts, "janitor-max-attempts", 3, "reclaims without progress before a run fails with executor_recovery_exhausted")
 	fs.DurationVar(&c.BreakerCooldown, "breaker-cooldown", envDuration("OA_RUNTIME_BREAKER_COOLDOWN", 30*time.Second), "how long an open provider circuit breaker waits before one probe (OA_RUNTIME_BREAKER_COOLDOWN)")
+	fs.DurationVar(&c.SyncRetention, "sync-retention", envDuration("OA_SYNC_RETENTION", 24*time.Hour), "how long sync stream rows are kept for resume (OA_SYNC_RETENTION)")
 	fs.StringVar(&c.OperatorSubs, "operator-subs", env("OA_RUNTIME_OPERATOR_SUBS", ""), "comma-separated principals (sub) allowed on operator routes: drift, reproject, verify, faults (OA_RUNTIME_OPERATOR_SUBS; default user:operator, plus user:local with SQLite)")
 	fs.StringVar(&c.ToolManifests, "tool-manifests", env("OA_RUNTIME_TOOL_MANIFESTS", ""), "comma-separated tool manifest files or directories (OA_RUNTIME_TOOL_MANIFESTS)")
 	fs.StringVar(&c.EgressAllowlist, "egress-allowlist", env("OA_RUNTIME_EGRESS_ALLOWLIST", ""), "comma-separated hosts tools may reach; empty allows any public host (OA_RUNTIME_EGRESS_ALLOWLIST)")
