@@ -29,8 +29,10 @@ Commands:
   khala verify [--sample N]     parity audit of the sync store against the run log
   token mint --sub user:ID --scope TOPIC...
   ops generate | ops check      write / verify deploy/monitoring/
+  ops rules [--time-divisor N]  print the alert rules (windows divided by N, for drills)
   tools policy-check --cases FILE
-  loadgen ...                   drive load and faults against a running server
+  loadgen [--profile NAME]... [--rate R] [--duration D] [--fault KIND=VALUE]...
+                                drive load and faults against a running server
 
 Configuration: flags, each with an environment variable (see --help of each command).
 `
