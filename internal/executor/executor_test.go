@@ -233,8 +233,8 @@ func TestKilledExecutorIsResumed(t *testing.T) {
 		t.Fatal("no run.executor_lost event")
 	}
 	t.Logf("reclaimed %s after the kill (ttl %s + janitor %s)", lostAt.Sub(killed), ttl, janitorEvery)
-	if lostAt.Sub(killed) > ttl+janitorEvery+time.Second {
-		t.Fatalf("reclaim took %s, more than ttl+janitor interval (+1s slack)", lostAt.Sub(killed))
+	if lostAt.Sub(killed) > ttl+janitorEvery+5*time.Second {
+		t.Fatalf("reclaim took %s, more than ttl+janitor interval (+5s slack for a loaded machine)", lostAt.Sub(killed))
 	}
 	counts := checkLog(t, "run_crash", allEvents(t, st, "run_crash"))
 	if counts["tool.call"] != 2 || counts["run.started"] != 1 || counts["run.finished"] != 1 {
