@@ -145,7 +145,7 @@ func (c *Config) Resolve() error {
 	}
 	if c.SignatureSecret == "" {
 		if c.IsPostgres() {
-			return errors.New("OA_RUNTIME_SIGNATURE_SECRET is required with PostgreSQL: set a random secret of at least 32 characters shared with the control plane")
+			return errors.New("OA_RUNTIME_SIGNATURE_SECRET is required with PostgreSQL: set a random secret (32 or more characters; 16 at least) shared with the control plane")
 		}
 		s, err := devSecret(c.DataDir, DevSecretFile, true)
 		if err != nil {
