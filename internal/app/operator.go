@@ -11,8 +11,8 @@ import (
 	"github.com/oaruntime/oaruntime/internal/store"
 )
 
-// operatorRoutes guards the operator endpoints: drift, reproject, verify and
-// the fault knobs need an operator principal (OA_RUNTIME_OPERATOR_SUBS); a
+// operatorRoutes guards the operator endpoints: drift, reproject, verify,
+// token revocation and the fault knobs need an operator principal (OA_RUNTIME_OPERATOR_SUBS); a
 // run's checkpoint is visible to the run's owner and to operators. Every
 // other signed principal gets 403, so a control plane that proxies user
 // requests cannot expose them.

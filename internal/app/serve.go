@@ -57,6 +57,7 @@ type migratingStore interface {
 	store.ProjectionStore
 	store.WorkerStore
 	store.SyncStore
+	store.RevocationStore
 	Migrate(ctx context.Context) error
 }
 
@@ -123,6 +124,7 @@ type Server struct {
 	Proj     *projection.Projector
 	Sync     *khalasync.Service
 	Retain   *khalasync.Retention
+	Revoked  *token.StoreRevocations
 
 	faults        faultState
 	shutdown      chan struct{}
@@ -175,7 +177,9 @@ func NewServer(ctx context.Context, cfg *config.Config, logOut io.Writer) (*Serv
 		st.Close()
 		return nil, fmt.Errorf("sync token keys: %w", err)
 	}
-	s.Sync = khalasync.New(st, token.NewVerifier(token.VerifierConfig{Keyring: kr, Issuer: minter.Issuer(), Audience: minter.Audience(), Revocations: token.NewMemoryRevocations()}), hub, m, khalasync.Config{Logger: log})
+	s.Revoked = token.NewStoreRevocations(st, token.StoreRevocationsConfig{Logger: log})
+	syncVerifier := token.NewVerifier(token.VerifierConfig{Keyring: kr, Issuer: minter.Issuer(), Audience: minter.Audience(), Revocations: s.Revoked})
+	s.Sync = khalasync.New(st, syncVerifier, hub, m, khalasync.Config{Logger: log})
 	s.Retain = khalasync.NewRetention(st, khalasync.RetentionConfig{MaxAge: cfg.SyncRetention, Logger: log})
 	s.Proj = projection.New(st, s.Sync.WakeOnWrite(newSink(cfg, st)), hub, m, projection.Config{Serving: true, Logger: log, Tracer: tp.Tracer("oaruntime/projection")})
 	routes := []httpapi.Route{{Pattern: "POST /api/khala/token", Handler: token.NewHandler(minter, principal, m, log)}}
@@ -184,6 +188,7 @@ func NewServer(ctx context.Context, cfg *config.Config, logOut io.Writer) (*Serv
 		opRoutes = append(opRoutes, httpapi.Route{Pattern: r.Pattern, Handler: r.Handler})
 	}
 	opRoutes = append(opRoutes, s.faultRoutes()...)
+	opRoutes = append(opRoutes, httpapi.Route{Pattern: token.RevokePattern, Handler: token.NewRevokeHandler(s.Revoked, syncVerifier, log)})
 	routes = append(routes, s.operatorRoutes(opRoutes)...)
 	routes = append(routes, s.Sync.Routes()...)
 	routes = append(routes, workers.Routes(st, log)...)
@@ -231,6 +236,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		return fmt.Errorf("start sync delivery: %w", err)
 	}
 	s.Retain.Start(bg)
+	go s.Revoked.RunPruning(bg, time.Minute)
 	s.Exec.Start(bg)
 	s.Janitor.Start(bg)
 	hs := &http.Server{Handler: s.Handler, ReadHeaderTimeout: 10 * time.Second}
