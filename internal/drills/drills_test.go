@@ -17,6 +17,7 @@ import (
 	"github.com/oaruntime/oaruntime/internal/runs"
 	"github.com/oaruntime/oaruntime/internal/store"
 	"github.com/oaruntime/oaruntime/internal/stream"
+	khalasync "github.com/oaruntime/oaruntime/internal/sync"
 )
 
 func TestScriptsAreValidAndExpectedLogFollowsTheProvider(t *testing.T) {
@@ -490,5 +491,46 @@ func TestFakeKhala(t *testing.T) {
 	}
 	if doc, ok := k.latest("d"); !ok || doc.Seq != 3 || doc.Status != "running" || doc.Hash != "h" {
 		t.Fatalf("latest %+v %v", doc, ok)
+	}
+}
+
+func TestCheckSyncReader(t *testing.T) {
+	var stream []khalasync.Update
+	for w := int64(1); w <= 5; w++ {
+		stream = append(stream, khalasync.Update{Topic: syncTopic, Watermark: w, PayloadHash: fmt.Sprintf("h%d", w)})
+	}
+	reader := func(start int64, wms ...int64) *syncReader {
+		s := newSyncReader("r", start)
+		for _, w := range wms {
+			s.wms = append(s.wms, w)
+			s.hashes[w] = append(s.hashes[w], fmt.Sprintf("h%d", w))
+		}
+		return s
+	}
+	tests := []struct {
+		name                    string
+		s                       *syncReader
+		missed, dup, ooo, hashM int
+		ok                      bool
+	}{
+		{name: "exact", s: reader(0, 1, 2, 3, 4, 5), ok: true},
+		{name: "resumed after 3", s: reader(3, 4, 5), ok: true},
+		{name: "gap at the reconnect", s: reader(0, 1, 2, 4, 5), missed: 1},
+		{name: "replayed again after the reconnect", s: reader(0, 1, 2, 3, 2, 3, 4, 5), dup: 2, ooo: 2},
+		{name: "before the resume point", s: reader(3, 3, 4, 5), ooo: 1, hashM: 1},
+		{name: "other payload", s: func() *syncReader { s := reader(0, 1, 2, 3, 4, 5); s.hashes[2] = []string{"x"}; return s }(), hashM: 1},
+		{name: "fatal error", s: func() *syncReader {
+			s := reader(0, 1, 2, 3, 4, 5)
+			s.fatal = &syncFatal{msg: khalasync.ErrorMessage{Code: khalasync.CodeStaleCursor}}
+			return s
+		}()},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := checkSyncReader(tt.s, stream)
+			if c.Missed != tt.missed || c.Duplicated != tt.dup || c.OutOfOrder != tt.ooo || c.HashMismatch != tt.hashM || (len(c.Problems) == 0) != tt.ok {
+				t.Fatalf("got %+v", c)
+			}
+		})
 	}
 }

@@ -75,6 +75,8 @@ func (d *Driver) newNode(name string, settings map[string]string) (*Node, error)
 		"OA_RUNTIME_LEASE_RENEW":      d.cfg.LeaseRenew.String(),
 		"OA_RUNTIME_JANITOR_INTERVAL": d.cfg.JanitorInterval.String(),
 		"OA_RUNTIME_LOG_LEVEL":        "info",
+		"OA_SYNC_TOKEN_KEY_ID":        d.syncKeyID,
+		"OA_SYNC_TOKEN_SIGNING_KEY":   d.syncKey,
 	}
 	for k, v := range settings {
 		s[k] = v

@@ -108,6 +108,15 @@ func keyFigure(r Result) string {
 	if v, ok := r.DurationsMS["recovery_to_khala_converged"]; ok {
 		parts = append(parts, fmt.Sprintf("Khala converged %dms after it came back (%d upserts rejected during the outage)", v, r.Counts["khala_upserts_rejected_during_outage"]))
 	}
+	if v, ok := r.DurationsMS["kill_to_subscribers_caught_up"]; ok {
+		parts = append(parts, fmt.Sprintf("%d of %d subscribers resumed, all at head %dms after the kill", r.Counts["subscribers_resumed"], r.Counts["subscribers"], v))
+	}
+	if _, ok := r.Counts["stale_cursor_floor"]; ok {
+		parts = append(parts, "stale_cursor below retention")
+	}
+	if v, ok := r.Counts["tokens_rejected"]; ok {
+		parts = append(parts, fmt.Sprintf("%d expired/forged token uses refused, live session closed token_expired after %dms", v, r.DurationsMS["session_closed_after_connect"]))
+	}
 	if v, ok := r.DurationsMS["start_to_readyz_200"]; ok {
 		parts = append(parts, fmt.Sprintf("readyz 503 x%d, 200 %dms after start", r.Counts["readyz_503_during_outage"], v))
 	}
