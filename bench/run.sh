@@ -29,7 +29,16 @@ rm -f "$OUT"
 
 pg_isready -d "$OA_TEST_DATABASE_URL" >/dev/null 2>&1 || { echo "PostgreSQL not reachable at $OA_TEST_DATABASE_URL" >&2; exit 1; }
 
-common=(--bin ./oaruntime --pg "$OA_TEST_DATABASE_URL" --out "$OUT" --work "$WORK")
+# A database of its own, so that pg_stat_database counts only the bench
+# (other clients of the server may use the database of the URL).
+BASE="${OA_TEST_DATABASE_URL%%\?*}"
+QUERY="${OA_TEST_DATABASE_URL#"$BASE"}"
+BENCH_DB_URL="${BASE%/*}/oabench${QUERY}"
+psql "$OA_TEST_DATABASE_URL" -qc 'CREATE DATABASE oabench' 2>/dev/null || true
+psql "$BENCH_DB_URL" -qc 'SELECT 1' >/dev/null || BENCH_DB_URL="$OA_TEST_DATABASE_URL"
+echo "bench database: $BENCH_DB_URL"
+
+common=(--bin ./oaruntime --pg "$BENCH_DB_URL" --out "$OUT" --work "$WORK")
 ./oabench runs   "${common[@]}" --rounds "$ROUNDS" --n "$N" --sweep "$SWEEP"
 ./oabench rescue "${common[@]}" --trials "$TRIALS" --river-default-observe "$OBSERVE"
 ./oabench append "${common[@]}" --rate 200 --duration "$APPEND_FOR"

@@ -49,6 +49,11 @@ type runsResult struct {
 	Ratio         float64 `json:"ratio_oaruntime_over_river"`
 	RatioBurnDown float64 `json:"ratio_oaruntime_over_river_burn_down"`
 	Verified      string  `json:"verified"`
+	// PostgreSQL transactions committed per item (pg_stat_database.xact_commit
+	// of the bench database over a separate round of 1000, minus the idle
+	// rate of both sides measured just before).
+	OaruntimePGCommitsPerRun float64 `json:"oaruntime_pg_commits_per_run"`
+	RiverPGCommitsPerJob     float64 `json:"river_pg_commits_per_job"`
 }
 
 func runsCmd(ctx context.Context, args []string) error {
@@ -188,6 +193,32 @@ func runsCmd(ctx context.Context, args []string) error {
 			}
 		}
 	}
+	// Transactions per item, outside the timed rounds: PostgreSQL backends
+	// flush their counters when idle for 10 s, hence the settles; the idle
+	// rate of both sides (pollers, elector, janitor) is measured first and
+	// subtracted.
+	commits := func(f func() error) (perItem, idlePerSec float64, err error) {
+		time.Sleep(11 * time.Second)
+		i0, t0 := xactCommits(ctx, c.pg), time.Now()
+		time.Sleep(11 * time.Second)
+		i1, t1 := xactCommits(ctx, c.pg), time.Now()
+		idlePerSec = float64(i1-i0-1) / t1.Sub(t0).Seconds()
+		if err := f(); err != nil {
+			return 0, 0, err
+		}
+		time.Sleep(11 * time.Second)
+		x, t2 := xactCommits(ctx, c.pg), time.Now()
+		return (float64(x-i1-1) - idlePerSec*t2.Sub(t1).Seconds()) / 1000, idlePerSec, nil
+	}
+	var idleOA, idleRV float64
+	if res.OaruntimePGCommitsPerRun, idleOA, err = commits(func() error { _, err := oaRound(-2, 1000); return err }); err != nil {
+		return err
+	}
+	if res.RiverPGCommitsPerJob, idleRV, err = commits(func() error { _, err := rvRound(-2, 1000); return err }); err != nil {
+		return err
+	}
+	res.Config["idle_pg_commits_per_second"] = []float64{idleOA, idleRV}
+	logf("PostgreSQL commits per item: oaruntime %.1f, River %.1f (idle rates subtracted: %.1f/s, %.1f/s)", res.OaruntimePGCommitsPerRun, res.RiverPGCommitsPerJob, idleOA, idleRV)
 	res.OaruntimeMedian, res.RiverMedian, res.RiverBurnDownMedian = median(oaRates), median(rvRates), median(burnRates)
 	if res.RiverMedian > 0 {
 		res.Ratio = res.OaruntimeMedian / res.RiverMedian
@@ -454,4 +485,20 @@ func parseInts(s string) ([]int, error) {
 		return nil, errors.New("empty")
 	}
 	return out, nil
+}
+
+// xactCommits reads the database's committed transaction counter (0 when
+// unavailable).
+func xactCommits(ctx context.Context, url string) int64 {
+	if url == "" {
+		return 0
+	}
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return 0
+	}
+	defer conn.Close(ctx)
+	var v int64
+	_ = conn.QueryRow(ctx, `SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()`).Scan(&v)
+	return v
 }
