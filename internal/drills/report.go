@@ -109,7 +109,7 @@ func keyFigure(r Result) string {
 		parts = append(parts, fmt.Sprintf("Khala converged %dms after it came back (%d upserts rejected during the outage)", v, r.Counts["khala_upserts_rejected_during_outage"]))
 	}
 	if v, ok := r.DurationsMS["kill_to_subscribers_caught_up"]; ok {
-		parts = append(parts, fmt.Sprintf("%d of %d subscribers resumed, all at head %dms after the kill", r.Counts["subscribers_resumed"], r.Counts["subscribers"], v))
+		parts = append(parts, fmt.Sprintf("%d subscribers resumed after the kill, all %d at the head %dms after it", r.Counts["subscribers_resumed"], r.Counts["subscribers"], v))
 	}
 	if _, ok := r.Counts["stale_cursor_floor"]; ok {
 		parts = append(parts, "stale_cursor below retention")

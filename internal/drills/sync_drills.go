@@ -690,6 +690,7 @@ func (d *Driver) syncTokenExpiryGuard(ctx context.Context, kind string) Result {
 	} else {
 		r.dur("session_closed_after_connect", time.Since(start))
 	}
+	checkAll(ctx, r, c, []*plannedRun{p})
 	requireAlive(r, node)
 	if slices.Contains(er.errs, khalasync.CodeTokenExpired) {
 		r.count("live_sessions_expired", 1)
