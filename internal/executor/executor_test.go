@@ -332,3 +332,36 @@ func TestRecoveryExhausted(t *testing.T) {
 		t.Fatalf("reason %q", r.TerminalReasonClass)
 	}
 }
+
+// TestResponseCutShortIsNotAnAnswer: a crash after a model call's text was
+// appended but before its tool.call leaves a partial response in the log; the
+// resumed executor must call the model again and run the tool, not take the
+// text for the final answer (found by the executor_restart_recovery drill).
+func TestResponseCutShortIsNotAnAnswer(t *testing.T) {
+	st := openStore(t)
+	createRun(t, st, "run_cut", "")
+	script := []map[string]any{{"say": "checking"}, {"tool": "echo", "input": map[string]any{"n": 1}}, {"answer": "done"}}
+	sendFrame(t, st, "run_cut", "f1", "user_message", map[string]any{"text": "go", "script": script})
+	// What the crashed executor left behind: run.started and the text of
+	// model call 1, whose response also held one tool call.
+	ctx := context.Background()
+	for _, in := range []store.AppendInput{
+		{RunID: "run_cut", EventType: "run.started", Payload: json.RawMessage(`{}`), IdempotencyKey: "run.started"},
+		{RunID: "run_cut", EventType: "run.delta", Payload: json.RawMessage(`{"delta":"checking","frame_id":"f1","model_response":{"deltas":1,"tool_calls":1}}`), IdempotencyKey: executor.StepKey("f1", 1, "d0")},
+	} {
+		if _, _, err := st.AppendEvent(ctx, in); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	startNode(nctx, t, st, "node-b", 2*time.Second)
+	waitStatus(t, st, "run_cut", store.StatusSucceeded, 10*time.Second)
+	counts := checkLog(t, "run_cut", allEvents(t, st, "run_cut"))
+	if counts["tool.call"] != 1 || counts["tool.result"] != 1 {
+		t.Fatalf("the tool of the cut-short response did not run exactly once: %v", counts)
+	}
+	if counts["run.delta"] != 2 { // "checking" once, then the answer
+		t.Fatalf("deltas %v", counts)
+	}
+}

@@ -403,8 +403,13 @@ func (r *runner) turn(ctx context.Context, fr store.Frame, p map[string]any) (Re
 				return r.fail(err), true
 			}
 		}
+		// Every event of a model call records the response's shape, so a
+		// resumed executor can tell a fully recorded response from one cut
+		// short by a crash (text appended, tool calls not yet) and calls the
+		// model again instead of taking the text for the final answer.
+		shape := map[string]any{"deltas": len(resp.Deltas), "tool_calls": len(resp.ToolCalls)}
 		for i, d := range resp.Deltas {
-			if _, err := r.append(ctx, "run.delta", map[string]any{"delta": d, "frame_id": fr.FrameID}, key(call, fmt.Sprintf("d%d", i)), 0, fr.Trace); err != nil {
+			if _, err := r.append(ctx, "run.delta", map[string]any{"delta": d, "frame_id": fr.FrameID, "model_response": shape}, key(call, fmt.Sprintf("d%d", i)), 0, fr.Trace); err != nil {
 				return r.fail(err), true
 			}
 		}
@@ -424,7 +429,7 @@ func (r *runner) turn(ctx context.Context, fr store.Frame, p map[string]any) (Re
 				cursor = fr.ID
 			}
 			if resp.Answer != "" || len(resp.Deltas) == 0 || cursor != 0 {
-				if _, err := r.append(ctx, "run.delta", map[string]any{"delta": resp.Answer, "frame_id": fr.FrameID, "final": true}, key(call, "a"), cursor, fr.Trace); err != nil {
+				if _, err := r.append(ctx, "run.delta", map[string]any{"delta": resp.Answer, "frame_id": fr.FrameID, "final": true, "model_response": shape}, key(call, "a"), cursor, fr.Trace); err != nil {
 					return r.fail(err), true
 				}
 			}
@@ -444,7 +449,7 @@ func (r *runner) turn(ctx context.Context, fr store.Frame, p map[string]any) (Re
 		msgs = append(msgs, assistant)
 		for j, tc := range resp.ToolCalls {
 			callID := fmt.Sprintf("%s.%s", fr.FrameID, tc.ID)
-			res, err := r.toolCall(turnCtx, ctx, fr, tc, callID, prior, key(call, fmt.Sprintf("t%d", j)), pol)
+			res, err := r.toolCall(turnCtx, ctx, fr, tc, callID, prior, key(call, fmt.Sprintf("t%d", j)), pol, shape)
 			if err != nil {
 				return r.fail(err), true
 			}
@@ -544,15 +549,43 @@ func replayResponse(prior map[string]store.Event, prefix string) (provider.Respo
 		_ = json.Unmarshal(ev.Payload, &p)
 		resp.ToolCalls = append(resp.ToolCalls, provider.ToolCall{ID: p.ModelID, Name: p.ToolName, Input: p.Input})
 	}
+	var shape *responseShape
 	if ev, ok := prior[prefix+"a"]; ok {
 		found = true
 		var p struct {
-			Delta string `json:"delta"`
+			Delta string         `json:"delta"`
+			Shape *responseShape `json:"model_response"`
 		}
 		_ = json.Unmarshal(ev.Payload, &p)
 		resp.Answer = p.Delta
+		shape = p.Shape
 	}
-	return resp, found
+	if !found {
+		return resp, false
+	}
+	for k, ev := range prior {
+		if shape != nil || !strings.HasPrefix(k, prefix) {
+			continue
+		}
+		var p struct {
+			Shape *responseShape `json:"model_response"`
+		}
+		if json.Unmarshal(ev.Payload, &p) == nil && p.Shape != nil {
+			shape = p.Shape
+		}
+	}
+	// A response cut short by a crash is not a response: the caller asks
+	// the model again, and the events already appended replay by key.
+	if shape != nil && (len(resp.Deltas) != shape.Deltas || len(resp.ToolCalls) != shape.ToolCalls) {
+		return provider.Response{}, false
+	}
+	return resp, true
+}
+
+// responseShape is the size of a model response, recorded on its events.
+type responseShape struct {
+	Deltas    int `json:"deltas"`
+	ToolCalls int `json:"tool_calls"`
 }
 
 // modelCall calls the run's provider through its circuit breaker, falling
@@ -610,7 +643,7 @@ func (r *runner) toolPolicy() policy.Policy {
 
 // toolCall appends tool.call, runs the tool (unless a previous execution
 // already recorded its result) and appends exactly one tool.result.
-func (r *runner) toolCall(turnCtx, ctx context.Context, fr store.Frame, tc provider.ToolCall, callID string, prior map[string]store.Event, key string, pol policy.Policy) (tools.Result, error) {
+func (r *runner) toolCall(turnCtx, ctx context.Context, fr store.Frame, tc provider.ToolCall, callID string, prior map[string]store.Event, key string, pol policy.Policy, shape map[string]any) (tools.Result, error) {
 	if ev, ok := prior[key+":result"]; ok {
 		var res tools.Result
 		_ = json.Unmarshal(ev.Payload, &res)
@@ -622,7 +655,7 @@ func (r *runner) toolCall(turnCtx, ctx context.Context, fr store.Frame, tc provi
 	}
 	var inputDoc any
 	_ = json.Unmarshal(input, &inputDoc)
-	if _, err := r.append(ctx, "tool.call", map[string]any{"tool_call_id": callID, "model_call_id": tc.ID, "tool_name": tc.Name, "input": inputDoc, "frame_id": fr.FrameID}, key+":call", 0, fr.Trace); err != nil {
+	if _, err := r.append(ctx, "tool.call", map[string]any{"tool_call_id": callID, "model_call_id": tc.ID, "tool_name": tc.Name, "input": inputDoc, "frame_id": fr.FrameID, "model_response": shape}, key+":call", 0, fr.Trace); err != nil {
 		return tools.Result{}, err
 	}
 	if allowed, reason := pol.Decide(tc.Name); !allowed {
