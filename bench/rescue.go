@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -39,7 +40,10 @@ type oaRescueTrial struct {
 	// appended (the re-run tool's tool.result, so it includes the tool).
 	KillToNewExecutorEventMS float64 `json:"kill_to_new_executor_event_ms"`
 	KillToSucceededMS        float64 `json:"kill_to_succeeded_ms"`
-	FinalStatus              string  `json:"final_status"`
+	// LeaseAgeAtKillMS: how long before the kill the run was claimed (the
+	// lease renews every 3 s, so the time left on it varies with this).
+	LeaseAgeAtKillMS float64 `json:"tool_call_age_at_kill_ms"`
+	FinalStatus      string  `json:"final_status"`
 }
 
 type riverRescueTrial struct {
@@ -54,17 +58,26 @@ type riverRescueTrial struct {
 	// KillToWorkResumedMS: Work was called for the next attempt.
 	KillToWorkResumedMS float64 `json:"kill_to_work_resumed_ms"`
 	FinalState          string  `json:"final_state"`
+	// SurvivorWasLeader (standby trials): the client that survived already
+	// held leadership, so no election delay.
+	SurvivorWasLeader bool `json:"survivor_was_leader,omitempty"`
 }
 
 type rescueResult struct {
-	Config                map[string]any     `json:"config"`
-	Oaruntime             []oaRescueTrial    `json:"oaruntime_trials"`
-	RiverShort            []riverRescueTrial `json:"river_short_trials"`
-	RiverDefaultObserved  map[string]any     `json:"river_default_observation"`
-	OaNextEventMedianMS   float64            `json:"oaruntime_kill_to_next_event_median_ms"`
-	OaWorkResumedMedianMS float64            `json:"oaruntime_kill_to_work_resumed_median_ms"`
-	RvRescuedMedianMS     float64            `json:"river_short_kill_to_rescued_median_ms"`
-	RvWorkResumedMedianMS float64            `json:"river_short_kill_to_work_resumed_median_ms"`
+	Config                     map[string]any     `json:"config"`
+	Oaruntime                  []oaRescueTrial    `json:"oaruntime_trials"`
+	OaruntimeStandby           []oaRescueTrial    `json:"oaruntime_standby_trials,omitempty"`
+	OaStandbyNextEventMedianMS float64            `json:"oaruntime_standby_kill_to_next_event_median_ms,omitempty"`
+	OaStandbyNextEventMaxMS    float64            `json:"oaruntime_standby_kill_to_next_event_max_ms,omitempty"`
+	RiverShort                 []riverRescueTrial `json:"river_short_trials"`
+	RiverStandby               []riverRescueTrial `json:"river_short_standby_trials,omitempty"`
+	RvStandbyWorkResumedMedMS  float64            `json:"river_short_standby_kill_to_work_resumed_median_ms,omitempty"`
+	RvStandbyWorkResumedMaxMS  float64            `json:"river_short_standby_kill_to_work_resumed_max_ms,omitempty"`
+	RiverDefaultObserved       map[string]any     `json:"river_default_observation"`
+	OaNextEventMedianMS        float64            `json:"oaruntime_kill_to_next_event_median_ms"`
+	OaWorkResumedMedianMS      float64            `json:"oaruntime_kill_to_work_resumed_median_ms"`
+	RvRescuedMedianMS          float64            `json:"river_short_kill_to_rescued_median_ms"`
+	RvWorkResumedMedianMS      float64            `json:"river_short_kill_to_work_resumed_median_ms"`
 	// RiverDefaultRescueAfter is read from the library
 	// ((&river.Config{}).WithDefaults().RescueStuckJobsAfter).
 	RiverDefaultRescueAfterS float64 `json:"river_default_rescue_stuck_jobs_after_s"`
@@ -81,6 +94,9 @@ func rescueCmd(ctx context.Context, args []string) error {
 	trials := fs.Int("trials", 5, "oaruntime kills, and River kills with the short setting")
 	toolMS := fs.Int("tool-ms", 1500, "duration of the tool call in flight at the kill")
 	short := fs.Duration("river-short", 10*time.Second, "River RescueStuckJobsAfter (and JobTimeout) of the short setting, equal to oaruntime's lease TTL")
+	killDelay := fs.Duration("kill-delay-max", 0, "wait a random 0..this after tool.call before the kill, so that the lease renewal and janitor phases vary (use --tool-ms above it)")
+	standbyTrials := fs.Int("standby-trials", 0, "also kill with a second oaruntime process already serving (its janitor phase independent of the kill)")
+	only := fs.String("only", "", "oaruntime or river: measure one side only")
 	observe := fs.Duration("river-default-observe", 90*time.Second, "how long a job killed under River's defaults is watched (0 skips)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -96,11 +112,22 @@ func rescueCmd(ctx context.Context, args []string) error {
 		"river_procedure": "child process with a River client works a job that blocks; SIGKILL; a new client process starts; attempt 2 returns at once",
 	}, RiverDefaultRescueAfterS: defAfter.Seconds(), RiverDefaultJobTimeoutS: defTimeout.Seconds()}
 
-	if err := oaRescue(ctx, &c, *trials, *toolMS, &res); err != nil {
-		return fmt.Errorf("oaruntime: %w", err)
+	res.Config["kill_delay_max"] = killDelay.String()
+	if *only != "river" {
+		var err error
+		if res.Oaruntime, err = oaRescue(ctx, &c, "restart", *trials, *toolMS, *killDelay); err != nil {
+			return fmt.Errorf("oaruntime: %w", err)
+		}
+		if *standbyTrials > 0 {
+			if res.OaruntimeStandby, err = oaRescue(ctx, &c, "standby", *standbyTrials, *toolMS, *killDelay); err != nil {
+				return fmt.Errorf("oaruntime standby: %w", err)
+			}
+		}
 	}
-	if err := riverRescue(ctx, &c, *trials, *short, *observe, &res); err != nil {
-		return fmt.Errorf("river: %w", err)
+	if *only != "oaruntime" {
+		if err := riverRescue(ctx, &c, *trials, *standbyTrials, *short, *observe, &res); err != nil {
+			return fmt.Errorf("river: %w", err)
+		}
 	}
 	var a, b, r1, r2 []float64
 	for _, t := range res.Oaruntime {
@@ -112,25 +139,43 @@ func rescueCmd(ctx context.Context, args []string) error {
 		r2 = append(r2, t.KillToWorkResumedMS)
 	}
 	res.OaNextEventMedianMS, res.OaWorkResumedMedianMS = median(a), median(b)
+	var sb []float64
+	for _, t := range res.OaruntimeStandby {
+		sb = append(sb, t.KillToNextEventMS)
+		res.OaStandbyNextEventMaxMS = max(res.OaStandbyNextEventMaxMS, t.KillToNextEventMS)
+	}
+	res.OaStandbyNextEventMedianMS = median(sb)
+	var rsb []float64
+	for _, t := range res.RiverStandby {
+		rsb = append(rsb, t.KillToWorkResumedMS)
+		res.RvStandbyWorkResumedMaxMS = max(res.RvStandbyWorkResumedMaxMS, t.KillToWorkResumedMS)
+	}
+	res.RvStandbyWorkResumedMedMS = median(rsb)
 	res.RvRescuedMedianMS, res.RvWorkResumedMedianMS = median(r1), median(r2)
-	overhead := res.RvWorkResumedMedianMS/1000 - short.Seconds()
-	res.RiverDefaultEstimateS = defAfter.Seconds() + overhead
-	fmt.Printf("rescue: oaruntime kill->next event median %.0f ms, kill->work resumed %.0f ms; River (RescueStuckJobsAfter %s) kill->rescued %.0f ms, kill->work resumed %.0f ms; River default RescueStuckJobsAfter %s => about %.0f s\n",
-		res.OaNextEventMedianMS, res.OaWorkResumedMedianMS, *short, res.RvRescuedMedianMS, res.RvWorkResumedMedianMS, defAfter, res.RiverDefaultEstimateS)
+	if len(r2) > 0 {
+		res.RiverDefaultEstimateS = defAfter.Seconds() + res.RvWorkResumedMedianMS/1000 - short.Seconds()
+	}
+	fmt.Printf("rescue: oaruntime kill->next event median %.0f ms (standby replica: median %.0f ms, max %.0f ms), kill->work resumed %.0f ms; River (RescueStuckJobsAfter %s) kill->rescued %.0f ms, kill->work resumed %.0f ms; River default RescueStuckJobsAfter %s => about %.0f s\n",
+		res.OaNextEventMedianMS, res.OaStandbyNextEventMedianMS, res.OaStandbyNextEventMaxMS, res.OaWorkResumedMedianMS, *short, res.RvRescuedMedianMS, res.RvWorkResumedMedianMS, defAfter, res.RiverDefaultEstimateS)
 	return saveSection(c.out, func(r *results) { r.Rescue = res })
 }
 
-func oaRescue(ctx context.Context, c *common, trials, toolMS int, res *rescueResult) error {
+// oaRescue kills the node holding a run mid-tool-call. scenario "restart":
+// a new process is started after the kill; "standby": a second process was
+// already serving when the holder was killed.
+func oaRescue(ctx context.Context, c *common, scenario string, trials, toolMS int, killDelay time.Duration) ([]oaRescueTrial, error) {
+	standby := scenario == "standby"
+	var out []oaRescueTrial
 	schema := "oabench_rescue_" + randHex(4)
 	defer dropSchema(ctx, c.pg, schema)
 	dbURL, err := pgURL(c.pg, map[string]string{"schema": schema})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	settings := map[string]string{"OA_RUNTIME_DATABASE_URL": dbURL, "OA_RUNTIME_LOG_LEVEL": "info"}
-	node, err := startServer(ctx, c.bin, "rescue-node-0", c.work, settings)
+	node, err := startServer(ctx, c.bin, "rescue-"+scenario+"-node-0", c.work, settings)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer func() { node.stop() }()
 	script := []map[string]any{{"say": "before"}, {"tool": "sleep", "input": map[string]any{"ms": toolMS}}, {"say": "after"}, {"answer": "done"}}
@@ -138,46 +183,74 @@ func oaRescue(ctx context.Context, c *common, trials, toolMS int, res *rescueRes
 		a := node.api()
 		runID := "run_rescue_" + randHex(6)
 		if err := a.createRun(ctx, runID); err != nil {
-			return err
+			return nil, err
 		}
 		if err := a.do(ctx, "POST", "/internal/v1/runs/"+runID+"/frames", map[string]any{"frame_id": "frame_" + runID, "type": "user_message",
 			"payload": map[string]any{"text": "rescue", "script": script}}, nil); err != nil {
-			return err
+			return nil, err
 		}
 		// Wait for the tool call to be in flight.
 		deadline := time.Now().Add(30 * time.Second)
 		for {
 			evs, err := a.events(ctx, runID, 0)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			if hasType(evs, "tool.call") {
 				if hasType(evs, "tool.result") {
-					return fmt.Errorf("trial %d: the tool finished before the kill; raise --tool-ms", i)
+					return nil, fmt.Errorf("trial %d: the tool finished before the kill; raise --tool-ms", i)
 				}
 				break
 			}
 			if time.Now().After(deadline) {
-				return fmt.Errorf("trial %d: no tool.call within 30 s", i)
+				return nil, fmt.Errorf("trial %d: no tool.call within 30 s", i)
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
-		killAt := node.kill()
-		node, err = startServer(ctx, c.bin, fmt.Sprintf("rescue-node-%d", i), c.work, settings)
-		if err != nil {
-			return err
+		var standbyNode *server
+		if standby {
+			// The replacement is already serving when the holder dies, with
+			// its janitor ticking at whatever phase its start gave it.
+			if standbyNode, err = startServer(ctx, c.bin, fmt.Sprintf("rescue-%s-node-%d", scenario, i), c.work, settings); err != nil {
+				return nil, err
+			}
 		}
-		readyAt := time.Now()
+		if killDelay > 0 {
+			time.Sleep(time.Duration(rand.Int64N(int64(killDelay))))
+			evs, err := a.events(ctx, runID, 0)
+			if err != nil {
+				return nil, err
+			}
+			if hasType(evs, "tool.result") {
+				return nil, fmt.Errorf("trial %d: the tool finished before the kill; raise --tool-ms above --kill-delay-max", i)
+			}
+		}
+		killAt := node.kill()
+		readyAt := killAt
+		if standby {
+			node = standbyNode
+		} else {
+			if node, err = startServer(ctx, c.bin, fmt.Sprintf("rescue-%s-node-%d", scenario, i), c.work, settings); err != nil {
+				return nil, err
+			}
+			readyAt = time.Now()
+		}
 		a = node.api()
 		var evs []eventDoc
 		run, err := waitRunTerminal(ctx, a, runID, 2*time.Minute)
 		if err != nil {
-			return fmt.Errorf("trial %d: %w", i, err)
+			return nil, fmt.Errorf("trial %d: %w", i, err)
 		}
 		if evs, err = a.events(ctx, runID, 0); err != nil {
-			return err
+			return nil, err
 		}
 		t := oaRescueTrial{Trial: i, KillToReadyMS: ms(readyAt.Sub(killAt)), FinalStatus: run.Status}
+		for _, ev := range evs {
+			if ev.EventType == "tool.call" {
+				t.LeaseAgeAtKillMS = ms(killAt.Sub(ev.CreatedAt))
+				break
+			}
+		}
 		lost := false
 		for _, ev := range evs {
 			if ev.CreatedAt.Before(killAt) {
@@ -204,12 +277,12 @@ func oaRescue(ctx context.Context, c *common, trials, toolMS int, res *rescueRes
 			}
 		}
 		if !lost {
-			return fmt.Errorf("trial %d: no run.executor_lost after the kill", i)
+			return nil, fmt.Errorf("trial %d: no run.executor_lost after the kill", i)
 		}
-		logf("oaruntime rescue trial %d: next event %.0f ms, work resumed %.0f ms, new executor event %.0f ms, %s", i, t.KillToNextEventMS, t.KillToWorkResumedMS, t.KillToNewExecutorEventMS, run.Status)
-		res.Oaruntime = append(res.Oaruntime, t)
+		logf("oaruntime rescue (%s) trial %d: next event %.0f ms, work resumed %.0f ms, new executor event %.0f ms, %s", scenario, i, t.KillToNextEventMS, t.KillToWorkResumedMS, t.KillToNewExecutorEventMS, run.Status)
+		out = append(out, t)
 	}
-	return nil
+	return out, nil
 }
 
 func hasType(evs []eventDoc, typ string) bool {
@@ -400,7 +473,7 @@ func (r *riverChild) stop() {
 	}
 }
 
-func riverRescue(ctx context.Context, c *common, trials int, short, observe time.Duration, res *rescueResult) error {
+func riverRescue(ctx context.Context, c *common, trials, standbyTrials int, short, observe time.Duration, res *rescueResult) error {
 	schema := "oabench_rrescue_" + randHex(4)
 	defer dropSchema(ctx, c.pg, schema)
 	pool, err := riverPool(ctx, c.pg, schema, 4)
@@ -471,6 +544,14 @@ func riverRescue(ctx context.Context, c *common, trials int, short, observe time
 		}
 		res.RiverShort = append(res.RiverShort, t)
 	}
+	for i := 1; i <= standbyTrials; i++ {
+		t, err := riverStandbyTrial(ctx, c, schema, shortArgs, i, q)
+		if err != nil {
+			return fmt.Errorf("standby trial %d: %w", i, err)
+		}
+		logf("river rescue (standby) trial %d: survivor was leader before the kill: %v, rescued %.0f ms, work resumed %.0f ms, state %s", i, t.SurvivorWasLeader, t.KillToRescuedMS, t.KillToWorkResumedMS, t.FinalState)
+		res.RiverStandby = append(res.RiverStandby, t)
+	}
 	if observe <= 0 {
 		return nil
 	}
@@ -530,4 +611,85 @@ func riverRescue(ctx context.Context, c *common, trials int, short, observe time
 		return errors.New("river defaults: the job left running within the observation window, which contradicts the default horizon; check the setup")
 	}
 	return nil
+}
+
+// riverStandbyTrial: two River client processes serve the queue; the one
+// that picked the job up is killed and the other one rescues it.
+func riverStandbyTrial(ctx context.Context, c *common, schema string, shortArgs []string, i int, q func(string) string) (riverRescueTrial, error) {
+	t := riverRescueTrial{Trial: i}
+	a, err := startRiverChild(ctx, c, fmt.Sprintf("river-standby-%d-a", i), schema, shortArgs...)
+	if err != nil {
+		return t, err
+	}
+	defer a.stop()
+	b, err := startRiverChild(ctx, c, fmt.Sprintf("river-standby-%d-b", i), schema, append(shortArgs, "--insert")...)
+	if err != nil {
+		return t, err
+	}
+	defer b.stop()
+	l, err := b.expect(ctx, "inserted", 30*time.Second)
+	if err != nil {
+		return t, err
+	}
+	jobID, _ := strconv.ParseInt(strings.Fields(l)[1], 10, 64)
+	want := fmt.Sprintf("working %d 1 ", jobID)
+	// Whoever works attempt 1 is the victim.
+	var victim, survivor *riverChild
+	deadline := time.After(60 * time.Second)
+	for victim == nil {
+		select {
+		case l := <-a.lines:
+			if strings.HasPrefix(l, want) {
+				victim, survivor = a, b
+			}
+		case l := <-b.lines:
+			if strings.HasPrefix(l, want) {
+				victim, survivor = b, a
+			}
+		case <-deadline:
+			return t, errors.New("nobody worked the job")
+		case <-ctx.Done():
+			return t, ctx.Err()
+		}
+	}
+	var leader string
+	_ = c2(ctx, c.pg, q(`SELECT leader_id FROM $S.river_leader`), &leader)
+	t.SurvivorWasLeader = leader == survivor.id
+	killAt := victim.kill()
+	l, err = survivor.expect(ctx, fmt.Sprintf("working %d 2 ", jobID), 5*time.Minute)
+	if err != nil {
+		return t, err
+	}
+	ns, _ := strconv.ParseInt(strings.Fields(l)[3], 10, 64)
+	t.KillToWorkResumedMS = ms(time.Unix(0, ns).Sub(killAt))
+	time.Sleep(500 * time.Millisecond)
+	var errsJSON []byte
+	if err := c2(ctx, c.pg, q(`SELECT state, to_json(errors) FROM $S.river_job WHERE id = `+strconv.FormatInt(jobID, 10)), &t.FinalState, &errsJSON); err != nil {
+		return t, err
+	}
+	var attemptErrs []struct {
+		At    time.Time `json:"at"`
+		Error string    `json:"error"`
+	}
+	_ = json.Unmarshal(errsJSON, &attemptErrs)
+	for _, e := range attemptErrs {
+		if strings.Contains(e.Error, "rescued") {
+			t.KillToRescuedMS = ms(e.At.Sub(killAt))
+		}
+	}
+	var electedAt time.Time
+	if c2(ctx, c.pg, q(`SELECT leader_id, elected_at FROM $S.river_leader`), &leader, &electedAt) == nil && leader == survivor.id && electedAt.After(killAt) {
+		t.KillToLeaderMS = ms(electedAt.Sub(killAt))
+	}
+	return t, nil
+}
+
+// c2 runs one single-row query on a fresh connection.
+func c2(ctx context.Context, url, sql string, dest ...any) error {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	return conn.QueryRow(ctx, sql).Scan(dest...)
 }

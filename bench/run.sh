@@ -18,7 +18,7 @@ mkdir -p results
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 echo "open files limit: $(ulimit -n)"
 
-ROUNDS=5 N=5000 SWEEP=64,256,1024 TRIALS=5 OBSERVE=90s APPEND_FOR=20s STREAMS=10000 EVENTS=10 EXEC_ITERS=1000x
+ROUNDS=5 N=5000 SWEEP=64,256,1024 TRIALS=6 OBSERVE=90s APPEND_FOR=20s STREAMS=10000 EVENTS=10 EXEC_ITERS=1000x
 if [[ -n "${QUICK:-}" ]]; then
   ROUNDS=1 N=500 SWEEP=64,256 TRIALS=1 OBSERVE=20s APPEND_FOR=3s STREAMS=500 EVENTS=2 EXEC_ITERS=50x
 fi
@@ -40,7 +40,12 @@ echo "bench database: $BENCH_DB_URL"
 
 common=(--bin ./oaruntime --pg "$BENCH_DB_URL" --out "$OUT" --work "$WORK")
 ./oabench runs   "${common[@]}" --rounds "$ROUNDS" --n "$N" --sweep "$SWEEP"
-./oabench rescue "${common[@]}" --trials "$TRIALS" --river-default-observe "$OBSERVE"
+# The kill lands a random 0-3 s after the tool call starts, so the lease
+# renewal (every 3 s) and janitor (every 2 s) phases vary between trials.
+# Two scenarios each side: a new process started after the kill, and a
+# second process already serving (standby).
+./oabench rescue "${common[@]}" --trials "$TRIALS" --river-default-observe "$OBSERVE" --tool-ms 5000 --kill-delay-max 3s \
+  --standby-trials "$TRIALS"
 ./oabench append "${common[@]}" --rate 200 --duration "$APPEND_FOR"
 ./oabench fanout "${common[@]}" --streams "$STREAMS" --events "$EVENTS"
 

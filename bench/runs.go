@@ -35,25 +35,31 @@ type roundResult struct {
 	// load on the shared machine).
 	ProcessCPUMSPerItem float64 `json:"process_cpu_ms_per_item"`
 	MachineCPUMSPerItem float64 `json:"machine_cpu_ms_per_item"`
+	// ProjectionTailSeconds: after the last run succeeded, how long the
+	// server's projector kept writing summaries (not part of Seconds; the
+	// next round starts after it, so the backlog never slows River's rounds).
+	ProjectionTailSeconds float64 `json:"projection_tail_seconds,omitempty"`
 }
 
 type runsResult struct {
 	Config map[string]any `json:"config"`
 	Rounds []roundResult  `json:"rounds"`
 	// Medians over the measured rounds, items per second.
-	OaruntimeMedian     float64 `json:"oaruntime_runs_per_second_median"`
-	RiverMedian         float64 `json:"river_jobs_per_second_median"`
-	RiverBurnDownMedian float64 `json:"river_burn_down_jobs_per_second_median"`
+	OaruntimeMedian float64 `json:"oaruntime_runs_per_second_median"`
+	// The same rounds counted until the projector had also written every
+	// run's summary (n / (seconds + projection_tail_seconds)).
+	OaruntimeProjectedMedian float64 `json:"oaruntime_runs_per_second_projected_median"`
+	RiverMedian              float64 `json:"river_jobs_per_second_median"`
+	RiverBurnDownMedian      float64 `json:"river_burn_down_jobs_per_second_median"`
 	// Ratio is oaruntime / River, both submitted one by one through their
 	// public API and counted when committed as done.
 	Ratio         float64 `json:"ratio_oaruntime_over_river"`
 	RatioBurnDown float64 `json:"ratio_oaruntime_over_river_burn_down"`
 	Verified      string  `json:"verified"`
-	// PostgreSQL transactions committed per item (pg_stat_database.xact_commit
-	// of the bench database over a separate round of 1000, minus the idle
-	// rate of both sides measured just before).
-	OaruntimePGCommitsPerRun float64 `json:"oaruntime_pg_commits_per_run"`
-	RiverPGCommitsPerJob     float64 `json:"river_pg_commits_per_job"`
+	// Rows written and index/sequential scans per item in each side's schema
+	// (pg_stat_user_tables over a separate round of 1000).
+	OaruntimeDBWorkPerRun map[string]float64 `json:"oaruntime_db_work_per_run"`
+	RiverDBWorkPerJob     map[string]float64 `json:"river_db_work_per_job"`
 }
 
 func runsCmd(ctx context.Context, args []string) error {
@@ -174,7 +180,7 @@ func runsCmd(ctx context.Context, args []string) error {
 			return fmt.Errorf("warm-up: %w", err)
 		}
 	}
-	var oaRates, rvRates, burnRates []float64
+	var oaRates, oaProjected, rvRates, burnRates []float64
 	for i := 1; i <= *rounds; i++ {
 		for _, f := range []func(int, int) (roundResult, error){oaRound, rvRound, rvBurn} {
 			r, err := f(i, *n)
@@ -186,6 +192,7 @@ func runsCmd(ctx context.Context, args []string) error {
 			switch {
 			case r.System == "oaruntime":
 				oaRates = append(oaRates, r.PerSecond)
+				oaProjected = append(oaProjected, float64(r.N)/(r.Seconds+r.ProjectionTailSeconds))
 			case r.Mode == "submit_and_complete":
 				rvRates = append(rvRates, r.PerSecond)
 			default:
@@ -193,33 +200,33 @@ func runsCmd(ctx context.Context, args []string) error {
 			}
 		}
 	}
-	// Transactions per item, outside the timed rounds: PostgreSQL backends
-	// flush their counters when idle for 10 s, hence the settles; the idle
-	// rate of both sides (pollers, elector, janitor) is measured first and
-	// subtracted.
-	commits := func(f func() error) (perItem, idlePerSec float64, err error) {
+	// Database work per item, outside the timed rounds, from each side's own
+	// schema (pg_stat_user_tables), so neither side's background work is
+	// counted against the other. Backends flush these counters when idle for
+	// 10 s, hence the settles.
+	work := func(schema string, f func() error) (map[string]float64, error) {
 		time.Sleep(11 * time.Second)
-		i0, t0 := xactCommits(ctx, c.pg), time.Now()
-		time.Sleep(11 * time.Second)
-		i1, t1 := xactCommits(ctx, c.pg), time.Now()
-		idlePerSec = float64(i1-i0-1) / t1.Sub(t0).Seconds()
+		a := tableStats(ctx, c.pg, schema)
 		if err := f(); err != nil {
-			return 0, 0, err
+			return nil, err
 		}
 		time.Sleep(11 * time.Second)
-		x, t2 := xactCommits(ctx, c.pg), time.Now()
-		return (float64(x-i1-1) - idlePerSec*t2.Sub(t1).Seconds()) / 1000, idlePerSec, nil
+		b := tableStats(ctx, c.pg, schema)
+		out := map[string]float64{}
+		for k, v := range b {
+			out[k] = float64(v-a[k]) / 1000
+		}
+		return out, nil
 	}
-	var idleOA, idleRV float64
-	if res.OaruntimePGCommitsPerRun, idleOA, err = commits(func() error { _, err := oaRound(-2, 1000); return err }); err != nil {
+	if res.OaruntimeDBWorkPerRun, err = work(oaSchema, func() error { _, err := oaRound(-2, 1000); return err }); err != nil {
 		return err
 	}
-	if res.RiverPGCommitsPerJob, idleRV, err = commits(func() error { _, err := rvRound(-2, 1000); return err }); err != nil {
+	if res.RiverDBWorkPerJob, err = work(rvSchema, func() error { _, err := rvRound(-2, 1000); return err }); err != nil {
 		return err
 	}
-	res.Config["idle_pg_commits_per_second"] = []float64{idleOA, idleRV}
-	logf("PostgreSQL commits per item: oaruntime %.1f, River %.1f (idle rates subtracted: %.1f/s, %.1f/s)", res.OaruntimePGCommitsPerRun, res.RiverPGCommitsPerJob, idleOA, idleRV)
+	logf("database work per item: oaruntime %v, River %v", res.OaruntimeDBWorkPerRun, res.RiverDBWorkPerJob)
 	res.OaruntimeMedian, res.RiverMedian, res.RiverBurnDownMedian = median(oaRates), median(rvRates), median(burnRates)
+	res.OaruntimeProjectedMedian = median(oaProjected)
 	if res.RiverMedian > 0 {
 		res.Ratio = res.OaruntimeMedian / res.RiverMedian
 	}
@@ -287,6 +294,7 @@ func oaruntimeRound(ctx context.Context, a *api, round, n, submitters int) (roun
 		time.Sleep(20 * time.Millisecond)
 	}
 	d := time.Since(start)
+	tail := projectionTail(ctx, a)
 	failed, _ := a.metricSum(ctx, metric, `status="failed"`)
 	if failed > baseFailed {
 		return roundResult{}, fmt.Errorf("oaruntime round %d: %v runs failed", round, failed-baseFailed)
@@ -296,10 +304,12 @@ func oaruntimeRound(ctx context.Context, a *api, round, n, submitters int) (roun
 	}
 	return roundResult{System: "oaruntime", Mode: "submit_and_complete", Round: round, N: n, Seconds: d.Seconds(),
 		PerSecond: float64(n-int(errs.Load())) / d.Seconds(), SubmitSeconds: submitted.Seconds(), Errors: errs.Load(),
-		ProcessCPUMSPerItem: ms(procCPU(a.pid)-cpu0) / float64(n), MachineCPUMSPerItem: ms(machineBusy()-busy0) / float64(n)}, nil
+		ProcessCPUMSPerItem: ms(procCPU(a.pid)-cpu0) / float64(n), MachineCPUMSPerItem: ms(machineBusy()-busy0) / float64(n),
+		ProjectionTailSeconds: tail.Seconds()}, nil
 }
 
 func riverRound(ctx context.Context, rv *riverSide, round, n, submitters int) (roundResult, error) {
+	time.Sleep(500 * time.Millisecond) // settle after the previous round
 	rc, completed := rv.client, &rv.completed
 	base := completed.Load()
 	var errs atomic.Int64
@@ -487,18 +497,35 @@ func parseInts(s string) ([]int, error) {
 	return out, nil
 }
 
-// xactCommits reads the database's committed transaction counter (0 when
-// unavailable).
-func xactCommits(ctx context.Context, url string) int64 {
-	if url == "" {
-		return 0
-	}
+// tableStats sums the row and scan counters of the tables of schema.
+func tableStats(ctx context.Context, url, schema string) map[string]int64 {
+	out := map[string]int64{}
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
-		return 0
+		return out
 	}
 	defer conn.Close(ctx)
-	var v int64
-	_ = conn.QueryRow(ctx, `SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()`).Scan(&v)
-	return v
+	var ins, upd, del, scans int64
+	_ = conn.QueryRow(ctx, `SELECT coalesce(sum(n_tup_ins),0), coalesce(sum(n_tup_upd),0), coalesce(sum(n_tup_del),0),
+		coalesce(sum(seq_scan + coalesce(idx_scan,0)),0) FROM pg_stat_user_tables WHERE schemaname = $1`, schema).Scan(&ins, &upd, &del, &scans)
+	out["rows_inserted"], out["rows_updated"], out["rows_deleted"], out["table_scans"] = ins, upd, del, scans
+	return out
+}
+
+// projectionTail waits until the server's projector has stopped writing
+// (its writes counter unchanged for 1 s, at most 2 min) and returns how long
+// it kept writing after the call.
+func projectionTail(ctx context.Context, a *api) time.Duration {
+	const writes = "openagents_runtime_khala_projection_writes_total"
+	start := time.Now()
+	last, _ := a.metricSum(ctx, writes)
+	lastChange := start
+	for time.Since(lastChange) < time.Second && time.Since(start) < 2*time.Minute {
+		time.Sleep(100 * time.Millisecond)
+		v, err := a.metricSum(ctx, writes)
+		if err == nil && v != last {
+			last, lastChange = v, time.Now()
+		}
+	}
+	return lastChange.Sub(start)
 }
