@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/propagation"
+
 	"github.com/oaruntime/oaruntime/internal/config"
 	"github.com/oaruntime/oaruntime/internal/executor"
 	"github.com/oaruntime/oaruntime/internal/provider"
@@ -56,7 +58,7 @@ func buildTools(cfg *config.Config, m *telemetry.Metrics, log *slog.Logger) *too
 // providers resolves provider names: the scripted family and, when
 // configured, "openai".
 func providers(cfg *config.Config) executor.ProviderFunc {
-	hc := &http.Client{}
+	hc := &http.Client{Transport: traceTransport{http.DefaultTransport}}
 	return func(run store.Run, name string) (provider.Provider, error) {
 		if name == "openai" {
 			if cfg.OpenAIBaseURL == "" && cfg.OpenAIAPIKey == "" {
@@ -74,4 +76,14 @@ func providers(cfg *config.Config) executor.ProviderFunc {
 		}
 		return executor.DefaultProviders(run, name)
 	}
+}
+
+// traceTransport adds the W3C trace context of the model call to outbound
+// provider requests, so a model server's own tracing joins the run's trace.
+type traceTransport struct{ next http.RoundTripper }
+
+func (t traceTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	propagation.TraceContext{}.Inject(r.Context(), propagation.HeaderCarrier(r.Header))
+	return t.next.RoundTrip(r)
 }

@@ -35,8 +35,8 @@ const (
 	MaxTTL     = 900 * time.Second
 
 	// DefaultLeeway absorbs clock skew between the minting and verifying
-	// instances; it is small because both sides are this service.
-	DefaultLeeway = 5 * time.Second
+	// instances (DESIGN section 8: 30 s, as for the runtime signature).
+	DefaultLeeway = 30 * time.Second
 
 	// Algorithm is the only accepted JWS alg.
 	Algorithm = "HS256"

@@ -16,6 +16,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"go.opentelemetry.io/otel/propagation"
 	"io"
 	"net"
 	"net/http"
@@ -234,6 +235,8 @@ func (c *Client) Do(ctx context.Context, req *http.Request) (*http.Response, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	cur := req.Clone(ctx)
+	// The tool call's trace continues at the endpoint (W3C trace context).
+	propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(cur.Header))
 	for hop := 0; ; hop++ {
 		pinned, err := c.Check(ctx, cur.URL)
 		if err != nil {
