@@ -39,6 +39,9 @@ type Profile struct {
 	Stream   string
 	// Mint, when true, mints a sync token instead of creating a run.
 	Mint bool
+	// BudgetSats, when > 0, gives each run its own delegated budget
+	// authorization of that many sats.
+	BudgetSats int64
 }
 
 // Profiles are the named workloads of `oaruntime loadgen --profile`.
@@ -64,6 +67,11 @@ func Profiles() map[string]Profile {
 		// streams are dropped before run.finished.
 		"drop-stream": {Name: "drop-stream", Rate: 2, Stream: StreamDrop,
 			Frame: say(map[string]any{"say": "a"}, map[string]any{"sleep_ms": 500}, map[string]any{"answer": "b"})},
+		// each run may spend 5 sats, and makes three 5-sat tool calls: two
+		// are denied with budget_exhausted and returned to the model.
+		"budget": {Name: "budget", Rate: 2, BudgetSats: 5, Metadata: map[string]any{"tool_costs": map[string]any{"echo": 5}},
+			Frame: say(map[string]any{"tool": "echo", "input": map[string]any{"n": 1}}, map[string]any{"tool": "echo", "input": map[string]any{"n": 2}},
+				map[string]any{"tool": "echo", "input": map[string]any{"n": 3}}, map[string]any{"answer": "over budget"})},
 		// the model repeats one tool call until loop detection stops the run.
 		"loop": {Name: "loop", Rate: 1, Frame: say(repeat(map[string]any{"tool": "echo", "input": map[string]any{"same": true}}, 12)...)},
 		// runs with many events: projection lag under a slowed projector.
@@ -198,6 +206,9 @@ func (g *Generator) One(ctx context.Context, p Profile) error {
 	}
 	if p.Metadata != nil {
 		body["metadata"] = p.Metadata
+	}
+	if p.BudgetSats > 0 {
+		body["authorization"] = map[string]any{"authorization_id": id("auth_"), "mode": "delegated_budget", "max_total_sats": p.BudgetSats}
 	}
 	start := time.Now()
 	run, err := g.C.CreateRun(ctx, body)
