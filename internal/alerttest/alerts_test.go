@@ -90,8 +90,9 @@ func phases() []phase {
 			}
 		}},
 		{Alert: "OpenAgentsRuntimePolicyDenialAnomaly", Also: []string{"OpenAgentsRuntimeParityFailureSpike"}, Start: func(ctx context.Context, t *testing.T, e *env) func() {
-			// A policy denial is also a parity failure of class policy.
-			return e.drive(ctx, profile("deny"))
+			// Budget denials; a policy denial is also a parity failure of
+			// class policy.
+			return e.drive(ctx, profile("budget"))
 		}},
 		{Alert: "OpenAgentsRuntimeParityFailureSpike", Start: func(ctx context.Context, t *testing.T, e *env) func() {
 			// Loop detection: every run repeats one tool call until it is

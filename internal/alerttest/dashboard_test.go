@@ -22,7 +22,7 @@ func TestDashboardMetricsAreExported(t *testing.T) {
 	defer cancel()
 	g := loadgen.New(rt.Client)
 	// Three failures open the breaker: a transition is recorded.
-	for _, name := range []string{"healthy", "mint", "tool-fail", "deny", "drop-stream", "breaker", "breaker", "breaker", "breaker"} {
+	for _, name := range []string{"healthy", "mint", "tool-fail", "deny", "budget", "drop-stream", "breaker", "breaker", "breaker", "breaker"} {
 		p := loadgen.Profiles()[name]
 		if err := g.One(ctx, p); err != nil {
 			t.Logf("smoke %s: %v", name, err)
