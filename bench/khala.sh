@@ -2,7 +2,7 @@
 # Khala benchmarks (issue 4): projection lag under sustained ingest, and
 # WebSocket fan-out to 1,000 subscribers of one node. SQLite and PostgreSQL.
 #
-#   bench/khala.sh                          # both, results in bench/results/khala-DATE.json
+#   bench/khala.sh                          # both, results in bench/khala/results/khala-DATE.json
 #   OA_TEST_DATABASE_URL=postgres://... bench/khala.sh
 #   QUICK=1 bench/khala.sh                  # short smoke run
 #   bench/khala.sh ingest | bench/khala.sh fanout
@@ -11,10 +11,10 @@ cd "$(dirname "$0")"
 
 export OA_TEST_DATABASE_URL="${OA_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}"
 DATE="$(date -u +%F)"
-OUT="${OUT:-results/khala-$DATE.json}"
+OUT="${OUT:-khala/results/khala-$DATE.json}"
 WORK="${WORK:-$(mktemp -d /tmp/khalabench.XXXXXX)}"
 WHAT="${1:-all}"
-mkdir -p results
+mkdir -p khala/results
 
 # 1,000 sockets in the server and 1,000 in the client, plus HTTP connections.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
