@@ -32,7 +32,8 @@ type roundResult struct {
 	// CPU milliseconds per item: of the system's own process (the serve
 	// process for oaruntime, this bench process for River, which also
 	// submits) and of the whole machine (PostgreSQL, clients, and any other
-	// load on the shared machine).
+	// load on the shared machine). For oaruntime the window includes the
+	// projection tail, so the projector's catch-up is part of the cost.
 	ProcessCPUMSPerItem float64 `json:"process_cpu_ms_per_item"`
 	MachineCPUMSPerItem float64 `json:"machine_cpu_ms_per_item"`
 	// ProjectionTailSeconds: after the last run succeeded, how long the
