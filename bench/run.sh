@@ -10,7 +10,9 @@ cd "$(dirname "$0")"
 
 export OA_TEST_DATABASE_URL="${OA_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}"
 DATE="$(date -u +%F)"
-OUT="${OUT:-results/$DATE.json}"
+PREFIX=""
+[[ -n "${QUICK:-}" ]] && PREFIX="quick-"   # a smoke run never replaces a real result
+OUT="${OUT:-results/$PREFIX$DATE.json}"
 WORK="${WORK:-$(mktemp -d /tmp/oabench.XXXXXX)}"
 mkdir -p results
 
@@ -49,7 +51,7 @@ common=(--bin ./oaruntime --pg "$BENCH_DB_URL" --out "$OUT" --work "$WORK")
 ./oabench append "${common[@]}" --rate 200 --duration "$APPEND_FOR"
 ./oabench fanout "${common[@]}" --streams "$STREAMS" --events "$EVENTS"
 
-(cd .. && go test -run '^$' -bench BenchmarkExecutorOverhead -benchtime "$EXEC_ITERS" ./internal/executor) | tee "results/executor-bench-$DATE.txt"
-./oabench gobench --in "results/executor-bench-$DATE.txt" --out "$OUT"
+(cd .. && go test -run '^$' -bench BenchmarkExecutorOverhead -benchtime "$EXEC_ITERS" ./internal/executor) | tee "results/${PREFIX}executor-bench-$DATE.txt"
+./oabench gobench --in "results/${PREFIX}executor-bench-$DATE.txt" --out "$OUT"
 
 echo "results: bench/$OUT (server logs in $WORK)"
