@@ -200,7 +200,11 @@ func NewServer(ctx context.Context, cfg *config.Config, logOut io.Writer) (*Serv
 		MetricsHandler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
 		Version:        Version,
 		Fault:          s.httpFault,
-		Routes:         routes,
+		Receipt: func(ctx context.Context, run store.Run) (string, string, error) {
+			rc, err := receipts.NewBuilder(st, m).Build(ctx, run)
+			return rc.ReceiptID, rc.ReceiptHash, err
+		},
+		Routes: routes,
 		Ready: []httpapi.Check{
 			{Name: "database", Fn: st.Ping},
 			{Name: "notification_listener", Fn: func(context.Context) error {

@@ -70,6 +70,9 @@ type Deps struct {
 	// for the alert tests and `oaruntime loadgen` (--enable-faults) and is
 	// never set in production.
 	Fault func(r *http.Request) error
+	// Receipt, when set, gives the run's current receipt id and hash, so
+	// that GET .../verify also checks a saved receipt (?receipt_hash=).
+	Receipt func(ctx context.Context, run store.Run) (id, hash string, err error)
 }
 
 type api struct {
@@ -86,6 +89,7 @@ type api struct {
 	version      string
 	now          func() time.Time
 	fault        func(r *http.Request) error
+	receipt      func(ctx context.Context, run store.Run) (id, hash string, err error)
 
 	mux      *http.ServeMux
 	patterns map[string]struct{}
@@ -97,7 +101,7 @@ func New(d Deps) http.Handler {
 	a := &api{
 		store: d.Store, metrics: d.Metrics, log: d.Logger, verifier: d.Verifier, stream: d.Stream,
 		ready: d.Ready, readyTimeout: d.ReadyTimeout, tracer: d.Tracer, propagator: d.Propagator,
-		maxBody: d.MaxBodyBytes, version: d.Version, now: d.Now, fault: d.Fault,
+		maxBody: d.MaxBodyBytes, version: d.Version, now: d.Now, fault: d.Fault, receipt: d.Receipt,
 		mux: http.NewServeMux(), patterns: make(map[string]struct{}),
 	}
 	if a.log == nil {

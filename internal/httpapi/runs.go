@@ -330,14 +330,27 @@ func (a *api) cancel(w http.ResponseWriter, r *http.Request) *APIError {
 type verifyResponse struct {
 	RunID string `json:"run_id"`
 	runs.VerifyResult
-	LatestSeq         int64 `json:"latest_seq"`
-	RetentionFloorSeq int64 `json:"retention_floor_seq"`
+	LatestSeq         int64         `json:"latest_seq"`
+	RetentionFloorSeq int64         `json:"retention_floor_seq"`
+	Receipt           *receiptCheck `json:"receipt,omitempty"`
+}
+
+// receiptCheck is the run's current receipt identity and, when the client
+// sent the hash of a receipt it saved, whether that receipt still matches.
+type receiptCheck struct {
+	ReceiptID   string `json:"receipt_id"`
+	ReceiptHash string `json:"receipt_hash"`
+	Matches     *bool  `json:"matches,omitempty"`
 }
 
 // verify recomputes the run's hash chain page by page. After retention the
 // first kept event's prev_hash is the trust anchor (the pruned events are
 // gone, so nothing older can be checked).
 func (a *api) verify(w http.ResponseWriter, r *http.Request) *APIError {
+	saved := r.URL.Query().Get("receipt_hash")
+	if saved != "" && !isHex64(saved) {
+		return errf(http.StatusBadRequest, CodeInvalidRequest, "receipt_hash: want 64 lowercase hex characters")
+	}
 	run, aerr := a.loadRun(r)
 	if aerr != nil {
 		return aerr
@@ -375,6 +388,32 @@ func (a *api) verify(w http.ResponseWriter, r *http.Request) *APIError {
 		res = runs.VerifyResult{OK: false, EventCount: res.EventCount, HeadHash: res.HeadHash, BrokenSeq: lastSeq + 1,
 			Reason: runs.BrokenSeqGap + ": events missing up to latest_seq " + formatInt(run.LatestSeq)}
 	}
-	WriteJSON(w, http.StatusOK, verifyResponse{RunID: run.RunID, VerifyResult: res, LatestSeq: run.LatestSeq, RetentionFloorSeq: run.RetentionFloorSeq})
+	out := verifyResponse{RunID: run.RunID, VerifyResult: res, LatestSeq: run.LatestSeq, RetentionFloorSeq: run.RetentionFloorSeq}
+	if a.receipt != nil {
+		id, hash, err := a.receipt(r.Context(), run)
+		if err != nil {
+			return a.storeError(r, "receipt", err)
+		}
+		out.Receipt = &receiptCheck{ReceiptID: id, ReceiptHash: hash}
+		if saved != "" {
+			m := saved == hash
+			out.Receipt.Matches = &m
+		}
+	} else if saved != "" {
+		return errf(http.StatusBadRequest, CodeInvalidRequest, "receipt_hash: receipts are not served by this node")
+	}
+	WriteJSON(w, http.StatusOK, out)
 	return nil
+}
+
+func isHex64(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for _, c := range s {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
