@@ -306,26 +306,30 @@ func (r *runner) append(ctx context.Context, eventType string, payload map[strin
 	return ev, nil
 }
 
-// priorEvents indexes the events a previous execution already appended for
-// this frame, by idempotency key, so that completed model and tool calls are
-// not repeated after a crash.
-func (r *runner) priorEvents(ctx context.Context, frameID string) (map[string]store.Event, error) {
+// priorEvents reads the run's log once: the events a previous execution
+// already appended for this frame, by idempotency key (so that completed
+// model and tool calls are not repeated after a crash), and the tool calls of
+// earlier frames, for loop detection.
+func (r *runner) priorEvents(ctx context.Context, frameID string) (map[string]store.Event, []ToolCallRecord, error) {
 	prefix := "f:" + frameID + ":"
 	out := map[string]store.Event{}
+	var earlier []store.Event
 	var after int64
 	for {
 		evs, err := r.e.d.Store.ListEvents(ctx, r.lease.RunID, after, 500)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		for _, ev := range evs {
 			if strings.HasPrefix(ev.IdempotencyKey, prefix) {
 				out[ev.IdempotencyKey] = ev
+			} else {
+				earlier = append(earlier, ev)
 			}
 			after = ev.Seq
 		}
 		if len(evs) < 500 {
-			return out, nil
+			return out, LoopRecordsFromEvents(earlier), nil
 		}
 	}
 }
@@ -342,7 +346,9 @@ func (r *runner) turn(ctx context.Context, fr store.Frame, p map[string]any) (Re
 		return r.finish(ctx, store.StatusFailed, "provider_unavailable", err.Error(), fr, nil), true
 	}
 	pol := r.toolPolicy()
-	prior, err := r.priorEvents(ctx, fr.FrameID)
+	// Loop detection looks at the run's earlier tool calls too; this frame's
+	// own calls are re-added as the (replayed) turn walks them.
+	prior, history, err := r.priorEvents(ctx, fr.FrameID)
 	if err != nil {
 		return r.fail(err), true
 	}
@@ -356,12 +362,6 @@ func (r *runner) turn(ctx context.Context, fr store.Frame, p map[string]any) (Re
 	turnCtx, stopWatch := r.watchCancel(ctx)
 	defer stopWatch()
 
-	// Loop detection looks at the run's earlier tool calls too; this frame's
-	// own calls are re-added as the (replayed) turn walks them.
-	history, err := r.toolHistory(ctx, fr.FrameID)
-	if err != nil {
-		return r.fail(err), true
-	}
 	// The model is offered the registered tools the run's policy allows.
 	var offered []provider.ToolSpec
 	for _, ts := range tools.Specs(r.e.d.Tools) {
@@ -910,28 +910,6 @@ func (r *runner) deniedTool(ctx context.Context, fr store.Frame, tc provider.Too
 	res := tools.Result{Status: tools.Failed, ErrorClass: reason, Error: "tool " + tc.Name + " denied by policy"}
 	_, err := r.append(ctx, "tool.result", map[string]any{"tool_call_id": callID, "tool_name": tc.Name, "status": res.Status, "error_class": reason, "error": res.Error, "frame_id": fr.FrameID}, key+":result", 0, fr.Trace)
 	return res, err
-}
-
-// toolHistory rebuilds the run's tool calls from earlier frames for loop
-// detection.
-func (r *runner) toolHistory(ctx context.Context, frameID string) ([]ToolCallRecord, error) {
-	var evs []store.Event
-	var after int64
-	for {
-		page, err := r.e.d.Store.ListEvents(ctx, r.lease.RunID, after, 500)
-		if err != nil {
-			return nil, err
-		}
-		for _, ev := range page {
-			if !strings.HasPrefix(ev.IdempotencyKey, "f:"+frameID+":") {
-				evs = append(evs, ev)
-			}
-			after = ev.Seq
-		}
-		if len(page) < 500 {
-			return LoopRecordsFromEvents(evs), nil
-		}
-	}
 }
 
 // toolProvider is the breaker key of a tool: its Provider() (manifest
