@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"time"
 )
 
@@ -184,4 +186,25 @@ type ProjectionStore interface {
 	// latest, newest first.
 	ListReplays(ctx context.Context, afterID int64, limit int) ([]ReplayResult, error)
 	ClaimUncountedReplays(ctx context.Context, limit int) ([]ReplayResult, error)
+}
+
+// Check validates a write's fields; drivers add their own storage limits.
+func (in ProjectionWriteInput) Check() error {
+	switch {
+	case in.Projection != ProjectionRun && in.Projection != ProjectionCodexWorker:
+		return fmt.Errorf("projection must be run or codex_worker, got %q", in.Projection)
+	case in.EntityID == "":
+		return errors.New("entity_id is required")
+	case in.Topic == "":
+		return errors.New("topic is required")
+	case in.DocKey == "":
+		return errors.New("doc_key is required")
+	case in.Version == "":
+		return errors.New("projection_version is required")
+	case in.SourceSeq < 0:
+		return fmt.Errorf("runtime_source.seq must be >= 0, got %d", in.SourceSeq)
+	case len(in.Hash) != 64:
+		return fmt.Errorf("summary_hash must be 64 hex characters, got %d", len(in.Hash))
+	}
+	return nil
 }

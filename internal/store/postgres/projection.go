@@ -50,21 +50,8 @@ func (s *Store) LoadRunLog(ctx context.Context, runID string) (store.Run, []stor
 }
 
 func checkWriteInput(in store.ProjectionWriteInput) error {
-	switch {
-	case in.Projection != store.ProjectionRun && in.Projection != store.ProjectionCodexWorker:
-		return fmt.Errorf("projection must be run or codex_worker, got %q", in.Projection)
-	case in.EntityID == "":
-		return errors.New("entity_id is required")
-	case in.Topic == "":
-		return errors.New("topic is required")
-	case in.DocKey == "":
-		return errors.New("doc_key is required")
-	case in.Version == "":
-		return errors.New("projection_version is required")
-	case in.SourceSeq < 0:
-		return fmt.Errorf("runtime_source.seq must be >= 0, got %d", in.SourceSeq)
-	case len(in.Hash) != 64:
-		return fmt.Errorf("summary_hash must be 64 hex characters, got %d", len(in.Hash))
+	if err := in.Check(); err != nil {
+		return err
 	}
 	return checkText("entity_id", in.EntityID, "topic", in.Topic, "doc_key", in.DocKey,
 		"owner_sub", in.OwnerSub, "projection_version", in.Version, "summary_hash", in.Hash)

@@ -49,29 +49,9 @@ func (s *Store) LoadRunLog(ctx context.Context, runID string) (store.Run, []stor
 	return run, evs, nil
 }
 
-func checkWriteInput(in store.ProjectionWriteInput) error {
-	switch {
-	case in.Projection != store.ProjectionRun && in.Projection != store.ProjectionCodexWorker:
-		return fmt.Errorf("projection must be run or codex_worker, got %q", in.Projection)
-	case in.EntityID == "":
-		return errors.New("entity_id is required")
-	case in.Topic == "":
-		return errors.New("topic is required")
-	case in.DocKey == "":
-		return errors.New("doc_key is required")
-	case in.Version == "":
-		return errors.New("projection_version is required")
-	case in.SourceSeq < 0:
-		return fmt.Errorf("runtime_source.seq must be >= 0, got %d", in.SourceSeq)
-	case len(in.Hash) != 64:
-		return fmt.Errorf("summary_hash must be 64 hex characters, got %d", len(in.Hash))
-	}
-	return nil
-}
-
 // WriteProjection implements store.ProjectionStore.
 func (s *Store) WriteProjection(ctx context.Context, in store.ProjectionWriteInput) (int64, error) {
-	if err := checkWriteInput(in); err != nil {
+	if err := in.Check(); err != nil {
 		return 0, fmt.Errorf("sqlite: write projection: %w", err)
 	}
 	doc, err := runs.CanonicalizeRaw(in.Doc)
