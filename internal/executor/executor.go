@@ -181,23 +181,43 @@ func (e *Executor) loop(ctx context.Context) {
 	t := time.NewTicker(e.cfg.PollInterval)
 	defer t.Stop()
 	for {
-		e.claim(ctx)
+		full := e.claim(ctx)
 		select {
 		case <-ctx.Done():
 			return
 		case <-notices:
+			// Every event append is a notice; under load they would turn
+			// the claim query into a hot loop. Notices coalesce while we
+			// pause, so pickup latency grows by at most claimPause.
+			if !full {
+				pause(ctx, claimPause)
+			}
 		case <-e.kick:
 		case <-t.C:
 		}
 	}
 }
 
-func (e *Executor) claim(ctx context.Context) {
+// claimPause bounds claim queries triggered by notices to about 100/s.
+const claimPause = 10 * time.Millisecond
+
+func pause(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// claim leases runnable runs for the free slots; full reports whether it got
+// as many as it asked for (more may be waiting).
+func (e *Executor) claim(ctx context.Context) (full bool) {
 	e.mu.Lock()
 	free := e.cfg.Concurrency - len(e.running)
 	e.mu.Unlock()
 	if free <= 0 {
-		return
+		return false
 	}
 	grants, err := e.d.Store.ClaimRunnable(ctx, e.cfg.Owner, e.cfg.LeaseTTL, free)
 	if err != nil {
@@ -205,12 +225,13 @@ func (e *Executor) claim(ctx context.Context) {
 			e.d.Logger.WarnContext(ctx, "claim runnable runs failed", "error", err)
 			e.d.Metrics.LeaseOp("acquire", "error")
 		}
-		return
+		return false
 	}
 	for _, g := range grants {
 		e.d.Metrics.LeaseOp("acquire", g.Result)
 		e.spawn(ctx, g.Lease)
 	}
+	return len(grants) == free
 }
 
 func (e *Executor) spawn(ctx context.Context, l store.Lease) {
