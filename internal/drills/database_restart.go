@@ -97,25 +97,11 @@ func (d *Driver) databaseRestart(ctx context.Context, kind string) Result {
 		r.failf("%v", err)
 		return r.done()
 	}
-	settings, cleanup, err := d.database(ctx, kind, DatabaseRestart)
-	if err != nil {
-		r.failf("database: %v", err)
+	ctx, node, finish, ok := d.singleNode(ctx, r, DatabaseRestart, kind, 4*time.Minute, nil)
+	if !ok {
 		return r.done()
 	}
-	defer func() { cleanup(passed) }()
-	ctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
-	defer cancel()
-
-	node, err := d.newNode(DatabaseRestart+"-"+kind, settings)
-	if err != nil {
-		r.failf("%v", err)
-		return r.done()
-	}
-	defer node.Stop()
-	if err := node.Start(ctx, d.cfg.Bin, kind+"-node-1"); err != nil {
-		r.failf("start: %v", err)
-		return r.done()
-	}
+	defer func() { finish(passed) }()
 	c := d.client(node)
 
 	n := 30

@@ -218,3 +218,37 @@ func (d *Driver) RunAll(ctx context.Context) ([]Result, error) {
 	}
 	return results, d.writeSummary(started, results)
 }
+
+// singleNode prepares the drill's database and starts one node on it with
+// extra settings: the prologue every single-node drill shares. finish stops
+// the node and releases the database (kept for inspection when the drill
+// failed); on ok=false the failure is already recorded in r.
+func (d *Driver) singleNode(ctx context.Context, r *rec, drill, kind string, timeout time.Duration, extra map[string]string) (context.Context, *Node, func(passed bool), bool) {
+	settings, cleanup, err := d.database(ctx, kind, drill)
+	if err != nil {
+		r.failf("database: %v", err)
+		return ctx, nil, nil, false
+	}
+	for k, v := range extra {
+		settings[k] = v
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	node, err := d.newNode(drill+"-"+kind, settings)
+	if err != nil {
+		cancel()
+		cleanup(false)
+		r.failf("%v", err)
+		return ctx, nil, nil, false
+	}
+	finish := func(passed bool) {
+		node.Stop()
+		cancel()
+		cleanup(passed)
+	}
+	if err := node.Start(ctx, d.cfg.Bin, kind+"-node-1"); err != nil {
+		finish(false)
+		r.failf("first start: %v", err)
+		return ctx, nil, nil, false
+	}
+	return ctx, node, finish, true
+}

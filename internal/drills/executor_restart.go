@@ -17,25 +17,11 @@ import (
 func (d *Driver) executorRestartRecovery(ctx context.Context, kind string) Result {
 	r := newRec(ExecutorRestartRecovery, kind)
 	passed := false
-	settings, cleanup, err := d.database(ctx, kind, ExecutorRestartRecovery)
-	if err != nil {
-		r.failf("database: %v", err)
+	ctx, node, finish, ok := d.singleNode(ctx, r, ExecutorRestartRecovery, kind, 4*time.Minute, nil)
+	if !ok {
 		return r.done()
 	}
-	defer func() { cleanup(passed) }()
-	ctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
-	defer cancel()
-
-	node, err := d.newNode(ExecutorRestartRecovery+"-"+kind, settings)
-	if err != nil {
-		r.failf("%v", err)
-		return r.done()
-	}
-	defer node.Stop()
-	if err := node.Start(ctx, d.cfg.Bin, kind+"-node-1"); err != nil {
-		r.failf("first start: %v", err)
-		return r.done()
-	}
+	defer func() { finish(passed) }()
 	c := d.client(node)
 
 	n := 40

@@ -165,15 +165,6 @@ type checkpointView struct {
 func (d *Driver) sinkOutageReplay(ctx context.Context, kind string) Result {
 	r := newRec(SinkOutageReplay, kind)
 	passed := false
-	settings, cleanup, err := d.database(ctx, kind, SinkOutageReplay)
-	if err != nil {
-		r.failf("database: %v", err)
-		return r.done()
-	}
-	defer func() { cleanup(passed) }()
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	defer cancel()
-
 	kh := &fakeKhala{key: "drill-khala-" + randHex(8), accepted: map[string][]khalaDoc{}}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -183,20 +174,14 @@ func (d *Driver) sinkOutageReplay(ctx context.Context, kind string) Result {
 	hs := &http.Server{Handler: kh, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = hs.Serve(ln) }()
 	defer hs.Close()
-	settings["OA_KHALA_SINK"] = "http"
-	settings["OA_KHALA_URL"] = "http://" + ln.Addr().String()
-	settings["OA_KHALA_ADMIN_KEY"] = kh.key
 
-	node, err := d.newNode(SinkOutageReplay+"-"+kind, settings)
-	if err != nil {
-		r.failf("%v", err)
+	ctx, node, finish, ok := d.singleNode(ctx, r, SinkOutageReplay, kind, 5*time.Minute, map[string]string{
+		"OA_KHALA_SINK": "http", "OA_KHALA_URL": "http://" + ln.Addr().String(), "OA_KHALA_ADMIN_KEY": kh.key,
+	})
+	if !ok {
 		return r.done()
 	}
-	defer node.Stop()
-	if err := node.Start(ctx, d.cfg.Bin, kind+"-node-1"); err != nil {
-		r.failf("first start: %v", err)
-		return r.done()
-	}
+	defer func() { finish(passed) }()
 	c := d.client(node)
 	n := 24
 	if d.cfg.Short {

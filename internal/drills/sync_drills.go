@@ -359,24 +359,11 @@ func summaryOf(u khalasync.Update) (runID, status string, seq int64) {
 func (d *Driver) syncReconnectReplay(ctx context.Context, kind string) Result {
 	r := newRec(SyncReconnectReplay, kind)
 	passed := false
-	settings, cleanup, err := d.database(ctx, kind, SyncReconnectReplay)
-	if err != nil {
-		r.failf("database: %v", err)
+	ctx, node, finish, ok := d.singleNode(ctx, r, SyncReconnectReplay, kind, 4*time.Minute, nil)
+	if !ok {
 		return r.done()
 	}
-	defer func() { cleanup(passed) }()
-	ctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
-	defer cancel()
-	node, err := d.newNode(SyncReconnectReplay+"-"+kind, settings)
-	if err != nil {
-		r.failf("%v", err)
-		return r.done()
-	}
-	defer node.Stop()
-	if err := node.Start(ctx, d.cfg.Bin, kind+"-node-1"); err != nil {
-		r.failf("first start: %v", err)
-		return r.done()
-	}
+	defer func() { finish(passed) }()
 	c := d.client(node)
 	tok, err := mintViaAPI(ctx, c, 900)
 	if err != nil {
@@ -589,24 +576,11 @@ func wsStatus(ctx context.Context, addr, tok string) (int, string) {
 func (d *Driver) syncTokenExpiryGuard(ctx context.Context, kind string) Result {
 	r := newRec(SyncTokenExpiryGuard, kind)
 	passed := false
-	settings, cleanup, err := d.database(ctx, kind, SyncTokenExpiryGuard)
-	if err != nil {
-		r.failf("database: %v", err)
+	ctx, node, finish, ok := d.singleNode(ctx, r, SyncTokenExpiryGuard, kind, 2*time.Minute, nil)
+	if !ok {
 		return r.done()
 	}
-	defer func() { cleanup(passed) }()
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	node, err := d.newNode(SyncTokenExpiryGuard+"-"+kind, settings)
-	if err != nil {
-		r.failf("%v", err)
-		return r.done()
-	}
-	defer node.Stop()
-	if err := node.Start(ctx, d.cfg.Bin, kind+"-node-1"); err != nil {
-		r.failf("start: %v", err)
-		return r.done()
-	}
+	defer func() { finish(passed) }()
 	c := d.client(node)
 	p := &plannedRun{RunID: "run_tokguard_" + randHex(4), FrameID: "frame_t", Steps: toolScript("t", 0, 10, 10), WantStatus: "succeeded"}
 	if err := createRun(ctx, c, p); err != nil {
