@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/oaruntime/oaruntime/bench/benchutil"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -11,16 +12,16 @@ import (
 )
 
 type appendRun struct {
-	Store      string   `json:"store"`
-	TargetRate float64  `json:"target_per_second"`
-	Achieved   float64  `json:"achieved_per_second"`
-	Seconds    float64  `json:"seconds"`
-	Sent       int      `json:"sent"`
-	Errors     int64    `json:"errors"`
-	FirstError string   `json:"first_error,omitempty"`
-	Runs       int      `json:"runs"`
-	Latency    durStats `json:"latency_from_schedule"`
-	Service    durStats `json:"latency_from_send"`
+	Store      string             `json:"store"`
+	TargetRate float64            `json:"target_per_second"`
+	Achieved   float64            `json:"achieved_per_second"`
+	Seconds    float64            `json:"seconds"`
+	Sent       int                `json:"sent"`
+	Errors     int64              `json:"errors"`
+	FirstError string             `json:"first_error,omitempty"`
+	Runs       int                `json:"runs"`
+	Latency    benchutil.DurStats `json:"latency_from_schedule"`
+	Service    benchutil.DurStats `json:"latency_from_send"`
 	// Shares of the two-core machine while appending: the serve process,
 	// and everything (PostgreSQL, this client, other load on the machine).
 	ServerCPUCores  float64 `json:"server_cpu_cores"`
@@ -52,7 +53,7 @@ func appendCmd(ctx context.Context, args []string) error {
 	}}
 	schema := "oabench_append_" + randHex(4)
 	defer dropSchema(ctx, c.pg, schema)
-	pgu, err := pgURL(c.pg, map[string]string{"schema": schema})
+	pgu, err := benchutil.PGURL(c.pg, map[string]string{"schema": schema})
 	if err != nil {
 		return err
 	}
@@ -130,7 +131,7 @@ func appendOne(ctx context.Context, c *common, name, dbURL string, rate float64,
 		}
 	}
 	r := appendRun{Store: name, TargetRate: rate, Seconds: elapsed.Seconds(), Sent: total, Errors: errs.Load(), Runs: nRuns,
-		Achieved: float64(len(l1)) / elapsed.Seconds(), Latency: summarize(l1), Service: summarize(l2),
+		Achieved: float64(len(l1)) / elapsed.Seconds(), Latency: benchutil.Summarize(l1), Service: benchutil.Summarize(l2),
 		ServerCPUCores: serverCPU.Seconds() / elapsed.Seconds(), MachineCPUCores: busy.Seconds() / elapsed.Seconds()}
 	if v, ok := firstErr.Load().(string); ok {
 		r.FirstError = v

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/oaruntime/oaruntime/bench/benchutil"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -18,22 +19,22 @@ import (
 )
 
 type fanoutRun struct {
-	Store          string    `json:"store"`
-	Target         int       `json:"target_streams"`
-	Opened         int       `json:"streams_opened"`
-	OpenSeconds    float64   `json:"open_seconds"`
-	OpenError      string    `json:"open_error,omitempty"`
-	Dropped        int64     `json:"streams_dropped_during_measurement"`
-	RSSBaselineMiB float64   `json:"server_rss_before_mib"`
-	RSSOpenMiB     float64   `json:"server_rss_with_streams_mib"`
-	RSSPeakMiB     float64   `json:"server_rss_peak_mib"`
-	KiBPerStream   float64   `json:"server_kib_per_stream"`
-	Events         int       `json:"events_appended"`
-	Deliveries     int       `json:"deliveries"`
-	Missing        int       `json:"deliveries_missing"`
-	CommitToClient durStats  `json:"commit_to_client"`
-	PerEventP99MS  []float64 `json:"per_event_p99_ms"`
-	ClientFDLimit  uint64    `json:"client_fd_limit"`
+	Store          string             `json:"store"`
+	Target         int                `json:"target_streams"`
+	Opened         int                `json:"streams_opened"`
+	OpenSeconds    float64            `json:"open_seconds"`
+	OpenError      string             `json:"open_error,omitempty"`
+	Dropped        int64              `json:"streams_dropped_during_measurement"`
+	RSSBaselineMiB float64            `json:"server_rss_before_mib"`
+	RSSOpenMiB     float64            `json:"server_rss_with_streams_mib"`
+	RSSPeakMiB     float64            `json:"server_rss_peak_mib"`
+	KiBPerStream   float64            `json:"server_kib_per_stream"`
+	Events         int                `json:"events_appended"`
+	Deliveries     int                `json:"deliveries"`
+	Missing        int                `json:"deliveries_missing"`
+	CommitToClient benchutil.DurStats `json:"commit_to_client"`
+	PerEventP99MS  []float64          `json:"per_event_p99_ms"`
+	ClientFDLimit  uint64             `json:"client_fd_limit"`
 }
 
 type fanoutResult struct {
@@ -71,7 +72,7 @@ func fanoutCmd(ctx context.Context, args []string) error {
 		case "postgres":
 			schema := "oabench_fanout_" + randHex(4)
 			defer dropSchema(ctx, c.pg, schema)
-			u, err := pgURL(c.pg, map[string]string{"schema": schema})
+			u, err := benchutil.PGURL(c.pg, map[string]string{"schema": schema})
 			if err != nil {
 				return err
 			}
@@ -115,11 +116,11 @@ func fanoutOne(ctx context.Context, c *common, name, dbURL string, streams, even
 		return fanoutRun{}, err
 	}
 	time.Sleep(time.Second)
-	r := fanoutRun{Store: name, Target: streams, RSSBaselineMiB: mib(rssBytes(srv.pid())), Events: events}
-	peak := rssBytes(srv.pid())
+	r := fanoutRun{Store: name, Target: streams, RSSBaselineMiB: mib(benchutil.RSSBytes(srv.pid())), Events: events}
+	peak := benchutil.RSSBytes(srv.pid())
 	var peakMu sync.Mutex
 	samplePeak := func() {
-		v := rssBytes(srv.pid())
+		v := benchutil.RSSBytes(srv.pid())
 		peakMu.Lock()
 		peak = max(peak, v)
 		peakMu.Unlock()
@@ -222,7 +223,7 @@ func fanoutOne(ctx context.Context, c *common, name, dbURL string, streams, even
 		}
 	}()
 	time.Sleep(2 * time.Second)
-	r.RSSOpenMiB = mib(rssBytes(srv.pid()))
+	r.RSSOpenMiB = mib(benchutil.RSSBytes(srv.pid()))
 	samplePeak()
 	if r.Opened > 0 {
 		r.KiBPerStream = (r.RSSOpenMiB - r.RSSBaselineMiB) * 1024 / float64(r.Opened)
@@ -272,10 +273,10 @@ func fanoutOne(ctx context.Context, c *common, name, dbURL string, streams, even
 		}
 	}
 	for i := range events {
-		r.PerEventP99MS = append(r.PerEventP99MS, summarize(perEvent[i]).P99MS)
+		r.PerEventP99MS = append(r.PerEventP99MS, benchutil.Summarize(perEvent[i]).P99MS)
 	}
 	r.Deliveries = len(lat)
-	r.CommitToClient = summarize(lat)
+	r.CommitToClient = benchutil.Summarize(lat)
 	r.Dropped = dropped.Load()
 	r.RSSPeakMiB = mib(peak)
 	return r, nil

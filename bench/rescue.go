@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/oaruntime/oaruntime/bench/benchutil"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -168,7 +169,7 @@ func oaRescue(ctx context.Context, c *common, scenario string, trials, toolMS in
 	var out []oaRescueTrial
 	schema := "oabench_rescue_" + randHex(4)
 	defer dropSchema(ctx, c.pg, schema)
-	dbURL, err := pgURL(c.pg, map[string]string{"schema": schema})
+	dbURL, err := benchutil.PGURL(c.pg, map[string]string{"schema": schema})
 	if err != nil {
 		return nil, err
 	}
@@ -244,10 +245,10 @@ func oaRescue(ctx context.Context, c *common, scenario string, trials, toolMS in
 		if evs, err = a.events(ctx, runID, 0); err != nil {
 			return nil, err
 		}
-		t := oaRescueTrial{Trial: i, KillToReadyMS: ms(readyAt.Sub(killAt)), FinalStatus: run.Status}
+		t := oaRescueTrial{Trial: i, KillToReadyMS: benchutil.MS(readyAt.Sub(killAt)), FinalStatus: run.Status}
 		for _, ev := range evs {
 			if ev.EventType == "tool.call" {
-				t.LeaseAgeAtKillMS = ms(killAt.Sub(ev.CreatedAt))
+				t.LeaseAgeAtKillMS = benchutil.MS(killAt.Sub(ev.CreatedAt))
 				break
 			}
 		}
@@ -257,23 +258,23 @@ func oaRescue(ctx context.Context, c *common, scenario string, trials, toolMS in
 				continue
 			}
 			if t.KillToNextEventMS == 0 {
-				t.KillToNextEventMS = ms(ev.CreatedAt.Sub(killAt))
+				t.KillToNextEventMS = benchutil.MS(ev.CreatedAt.Sub(killAt))
 			}
 			switch {
 			case ev.EventType == "run.executor_lost":
 				lost = true
 			case lost && t.KillToNewExecutorEventMS == 0:
-				t.KillToNewExecutorEventMS = ms(ev.CreatedAt.Sub(killAt))
+				t.KillToNewExecutorEventMS = benchutil.MS(ev.CreatedAt.Sub(killAt))
 			}
 			if ev.EventType == "tool.result" && t.KillToWorkResumedMS == 0 {
 				var p struct {
 					DurationMS int64 `json:"duration_ms"`
 				}
 				_ = json.Unmarshal(ev.Payload, &p)
-				t.KillToWorkResumedMS = ms(ev.CreatedAt.Add(-time.Duration(p.DurationMS) * time.Millisecond).Sub(killAt))
+				t.KillToWorkResumedMS = benchutil.MS(ev.CreatedAt.Add(-time.Duration(p.DurationMS) * time.Millisecond).Sub(killAt))
 			}
 			if ev.EventType == "run.finished" {
-				t.KillToSucceededMS = ms(ev.CreatedAt.Sub(killAt))
+				t.KillToSucceededMS = benchutil.MS(ev.CreatedAt.Sub(killAt))
 			}
 		}
 		if !lost {
@@ -506,14 +507,14 @@ func riverRescue(ctx context.Context, c *common, trials, standbyTrials int, shor
 		if err != nil {
 			return err
 		}
-		t := riverRescueTrial{Trial: i, KillToReadyMS: ms(time.Since(killAt))}
+		t := riverRescueTrial{Trial: i, KillToReadyMS: benchutil.MS(time.Since(killAt))}
 		l, err = w2.expect(ctx, fmt.Sprintf("working %d 2 ", jobID), 5*time.Minute)
 		if err != nil {
 			w2.kill()
 			return fmt.Errorf("trial %d: %w", i, err)
 		}
 		ns, _ := strconv.ParseInt(strings.Fields(l)[3], 10, 64)
-		t.KillToWorkResumedMS = ms(time.Unix(0, ns).Sub(killAt))
+		t.KillToWorkResumedMS = benchutil.MS(time.Unix(0, ns).Sub(killAt))
 		time.Sleep(500 * time.Millisecond) // let the completion commit
 		var errsJSON []byte
 		var state string
@@ -529,13 +530,13 @@ func riverRescue(ctx context.Context, c *common, trials, standbyTrials int, shor
 		_ = json.Unmarshal(errsJSON, &attemptErrs)
 		for _, e := range attemptErrs {
 			if strings.Contains(e.Error, "rescued") {
-				t.KillToRescuedMS = ms(e.At.Sub(killAt))
+				t.KillToRescuedMS = benchutil.MS(e.At.Sub(killAt))
 			}
 		}
 		var leader string
 		var electedAt time.Time
 		if err := pool.QueryRow(ctx, q(`SELECT leader_id, elected_at FROM $S.river_leader`)).Scan(&leader, &electedAt); err == nil && leader == w2.id {
-			t.KillToLeaderMS = ms(electedAt.Sub(killAt))
+			t.KillToLeaderMS = benchutil.MS(electedAt.Sub(killAt))
 		}
 		w2.stop()
 		logf("river rescue trial %d (RescueStuckJobsAfter %s): leader %.0f ms, rescued %.0f ms, work resumed %.0f ms, state %s", i, short, t.KillToLeaderMS, t.KillToRescuedMS, t.KillToWorkResumedMS, state)
@@ -602,7 +603,7 @@ func riverRescue(ctx context.Context, c *common, trials, standbyTrials int, shor
 	obs := map[string]any{"observed_s": time.Since(killAt).Seconds(), "job_state_at_end": state, "attempt": attempt,
 		"rescued_within_observation": state != "running"}
 	if !leaderAt.IsZero() {
-		obs["new_client_leader_after_ms"] = ms(leaderAt.Sub(killAt))
+		obs["new_client_leader_after_ms"] = benchutil.MS(leaderAt.Sub(killAt))
 		obs["leader_time_in_window_s"] = deadline.Sub(leaderAt).Seconds()
 	}
 	res.RiverDefaultObserved = obs
@@ -661,7 +662,7 @@ func riverStandbyTrial(ctx context.Context, c *common, schema string, shortArgs 
 		return t, err
 	}
 	ns, _ := strconv.ParseInt(strings.Fields(l)[3], 10, 64)
-	t.KillToWorkResumedMS = ms(time.Unix(0, ns).Sub(killAt))
+	t.KillToWorkResumedMS = benchutil.MS(time.Unix(0, ns).Sub(killAt))
 	time.Sleep(500 * time.Millisecond)
 	var errsJSON []byte
 	if err := c2(ctx, c.pg, q(`SELECT state, to_json(errors) FROM $S.river_job WHERE id = `+strconv.FormatInt(jobID, 10)), &t.FinalState, &errsJSON); err != nil {
@@ -674,12 +675,12 @@ func riverStandbyTrial(ctx context.Context, c *common, schema string, shortArgs 
 	_ = json.Unmarshal(errsJSON, &attemptErrs)
 	for _, e := range attemptErrs {
 		if strings.Contains(e.Error, "rescued") {
-			t.KillToRescuedMS = ms(e.At.Sub(killAt))
+			t.KillToRescuedMS = benchutil.MS(e.At.Sub(killAt))
 		}
 	}
 	var electedAt time.Time
 	if c2(ctx, c.pg, q(`SELECT leader_id, elected_at FROM $S.river_leader`), &leader, &electedAt) == nil && leader == survivor.id && electedAt.After(killAt) {
-		t.KillToLeaderMS = ms(electedAt.Sub(killAt))
+		t.KillToLeaderMS = benchutil.MS(electedAt.Sub(killAt))
 	}
 	return t, nil
 }

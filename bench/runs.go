@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/oaruntime/oaruntime/bench/benchutil"
 	"log/slog"
 	"math/rand/v2"
 	"strconv"
@@ -92,7 +93,7 @@ func runsCmd(ctx context.Context, args []string) error {
 	if err := riverMigrate(ctx, pool, rvSchema); err != nil {
 		return err
 	}
-	dbURL, err := pgURL(c.pg, map[string]string{"schema": oaSchema, "pool_max_conns": strconv.Itoa(*poolSize)})
+	dbURL, err := benchutil.PGURL(c.pg, map[string]string{"schema": oaSchema, "pool_max_conns": strconv.Itoa(*poolSize)})
 	if err != nil {
 		return err
 	}
@@ -305,7 +306,7 @@ func oaruntimeRound(ctx context.Context, a *api, round, n, submitters int) (roun
 	}
 	return roundResult{System: "oaruntime", Mode: "submit_and_complete", Round: round, N: n, Seconds: d.Seconds(),
 		PerSecond: float64(n-int(errs.Load())) / d.Seconds(), SubmitSeconds: submitted.Seconds(), Errors: errs.Load(),
-		ProcessCPUMSPerItem: ms(procCPU(a.pid)-cpu0) / float64(n), MachineCPUMSPerItem: ms(machineBusy()-busy0) / float64(n),
+		ProcessCPUMSPerItem: benchutil.MS(procCPU(a.pid)-cpu0) / float64(n), MachineCPUMSPerItem: benchutil.MS(machineBusy()-busy0) / float64(n),
 		ProjectionTailSeconds: tail.Seconds()}, nil
 }
 
@@ -339,7 +340,7 @@ func riverRound(ctx context.Context, rv *riverSide, round, n, submitters int) (r
 	d := time.Since(start)
 	return roundResult{System: "river", Mode: "submit_and_complete", Round: round, N: n, Seconds: d.Seconds(),
 		PerSecond: float64(n-int(errs.Load())) / d.Seconds(), SubmitSeconds: submitted.Seconds(), Errors: errs.Load(),
-		ProcessCPUMSPerItem: ms(procCPU(0)-cpu0) / float64(n), MachineCPUMSPerItem: ms(machineBusy()-busy0) / float64(n)}, nil
+		ProcessCPUMSPerItem: benchutil.MS(procCPU(0)-cpu0) / float64(n), MachineCPUMSPerItem: benchutil.MS(machineBusy()-busy0) / float64(n)}, nil
 }
 
 // riverBurnDown is River's own benchmark shape: the jobs are already in the
@@ -368,7 +369,7 @@ func riverBurnDown(ctx context.Context, rv *riverSide, round, n int) (roundResul
 	}
 	d := time.Since(start)
 	return roundResult{System: "river", Mode: "burn_down", Round: round, N: n, Seconds: d.Seconds(), PerSecond: float64(n) / d.Seconds(),
-		ProcessCPUMSPerItem: ms(procCPU(0)-cpu0) / float64(n), MachineCPUMSPerItem: ms(machineBusy()-busy0) / float64(n)}, nil
+		ProcessCPUMSPerItem: benchutil.MS(procCPU(0)-cpu0) / float64(n), MachineCPUMSPerItem: benchutil.MS(machineBusy()-busy0) / float64(n)}, nil
 }
 
 func waitCount(ctx context.Context, c *atomic.Int64, want int64, timeout time.Duration) error {

@@ -10,11 +10,11 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/oaruntime/oaruntime/bench/benchutil"
 	"io"
 	"math"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -323,10 +323,10 @@ func startServer(ctx context.Context, bin, name, logDir string, settings map[str
 		}
 		select {
 		case <-srv.exited:
-			return nil, fmt.Errorf("%s exited before ready: %s", name, tailFile(logPath, 800))
+			return nil, fmt.Errorf("%s exited before ready: %s", name, benchutil.TailFile(logPath, 800))
 		case <-rctx.Done():
 			srv.stop()
-			return nil, fmt.Errorf("%s not ready: %s", name, tailFile(logPath, 800))
+			return nil, fmt.Errorf("%s not ready: %s", name, benchutil.TailFile(logPath, 800))
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
@@ -351,68 +351,6 @@ func (s *server) stop() {
 }
 
 func (s *server) api(sub string) *api { return newAPI(s.addr, s.secret, sub) }
-
-func rssBytes(pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			return kb * 1024
-		}
-	}
-	return 0
-}
-
-func tailFile(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	if len(b) > n {
-		b = b[len(b)-n:]
-	}
-	return strings.TrimSpace(string(b))
-}
-
-func pgURL(base string, params map[string]string) (string, error) {
-	u, err := url.Parse(base)
-	if err != nil {
-		return "", fmt.Errorf("database url: %w", err)
-	}
-	q := u.Query()
-	for k, v := range params {
-		q.Set(k, v)
-	}
-	u.RawQuery = q.Encode()
-	return u.String(), nil
-}
-
-type durStats struct {
-	N     int     `json:"n"`
-	MinMS float64 `json:"min_ms"`
-	P50MS float64 `json:"p50_ms"`
-	P90MS float64 `json:"p90_ms"`
-	P99MS float64 `json:"p99_ms"`
-	MaxMS float64 `json:"max_ms"`
-}
-
-func summarize(ds []time.Duration) durStats {
-	if len(ds) == 0 {
-		return durStats{}
-	}
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	q := func(p float64) float64 {
-		i := int(math.Ceil(p*float64(len(s)))) - 1
-		return ms(s[min(max(i, 0), len(s)-1)])
-	}
-	return durStats{N: len(s), MinMS: ms(s[0]), P50MS: q(0.5), P90MS: q(0.9), P99MS: q(0.99), MaxMS: ms(s[len(s)-1])}
-}
-
-func ms(d time.Duration) float64 { return math.Round(float64(d)/1e3) / 1e3 }
 
 // procCPU is the user+system CPU time of pid (0 = this process).
 func procCPU(pid int) time.Duration {

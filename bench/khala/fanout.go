@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/oaruntime/oaruntime/bench/benchutil"
 	"net/http"
 	"strings"
 	"sync"
@@ -37,20 +38,20 @@ type fanoutResult struct {
 	// Latency of each (event, subscriber) pair: from the append's HTTP
 	// response to the subscriber reading the update_batch whose run
 	// summary carries runtime_source.seq >= the appended seq.
-	Latency      durStats `json:"commit_to_client"`
-	Deliveries   int      `json:"deliveries"`
-	Missing      int      `json:"missing"`
-	PerEventP99  durStats `json:"per_event_last_subscriber"` // the slowest subscriber of each event
-	Closed       int64    `json:"sockets_closed_early"`
-	CloseReason  string   `json:"first_close_reason,omitempty"`
-	RSSIdleMiB   float64  `json:"server_rss_before_mib"`
-	RSSOpenMiB   float64  `json:"server_rss_sockets_open_mib"`
-	RSSPeakMiB   float64  `json:"server_rss_peak_mib"`
-	ServerCPU    float64  `json:"server_cpu_cores_during_events"`
-	ClientCPU    float64  `json:"bench_client_cpu_cores_during_events"`
-	MachineCPU   float64  `json:"machine_cpu_cores_during_events"`
-	SyncConnsGau float64  `json:"server_sync_connections_gauge"`
-	Loadavg      string   `json:"loadavg_after"`
+	Latency      benchutil.DurStats `json:"commit_to_client"`
+	Deliveries   int                `json:"deliveries"`
+	Missing      int                `json:"missing"`
+	PerEventP99  benchutil.DurStats `json:"per_event_last_subscriber"` // the slowest subscriber of each event
+	Closed       int64              `json:"sockets_closed_early"`
+	CloseReason  string             `json:"first_close_reason,omitempty"`
+	RSSIdleMiB   float64            `json:"server_rss_before_mib"`
+	RSSOpenMiB   float64            `json:"server_rss_sockets_open_mib"`
+	RSSPeakMiB   float64            `json:"server_rss_peak_mib"`
+	ServerCPU    float64            `json:"server_cpu_cores_during_events"`
+	ClientCPU    float64            `json:"bench_client_cpu_cores_during_events"`
+	MachineCPU   float64            `json:"machine_cpu_cores_during_events"`
+	SyncConnsGau float64            `json:"server_sync_connections_gauge"`
+	Loadavg      string             `json:"loadavg_after"`
 }
 
 type recv struct {
@@ -194,7 +195,7 @@ func fanoutStore(ctx context.Context, c fanoutConfig, name, dbURL string, cliMin
 		return res, err
 	}
 	time.Sleep(time.Second)
-	res.RSSIdleMiB = mib(rssBytes(srv.pid()))
+	res.RSSIdleMiB = mib(benchutil.RSSBytes(srv.pid()))
 
 	// Tokens: each subscriber its own, for the same user.
 	toks := make([]string, c.subscribers)
@@ -248,7 +249,7 @@ func fanoutStore(ctx context.Context, c fanoutConfig, name, dbURL string, cliMin
 		return res, fmt.Errorf("no subscriber could open: %s", res.OpenError)
 	}
 	time.Sleep(2 * time.Second)
-	res.RSSOpenMiB = mib(rssBytes(srv.pid()))
+	res.RSSOpenMiB = mib(benchutil.RSSBytes(srv.pid()))
 
 	// Client heartbeats keep sockets past the server's idle timeout.
 	hbCtx, stopHB := context.WithCancel(ctx)
@@ -270,10 +271,10 @@ func fanoutStore(ctx context.Context, c fanoutConfig, name, dbURL string, cliMin
 		}()
 	}
 	var peak atomic.Int64
-	peak.Store(rssBytes(srv.pid()))
+	peak.Store(benchutil.RSSBytes(srv.pid()))
 	go func() {
 		for hbCtx.Err() == nil {
-			if r := rssBytes(srv.pid()); r > peak.Load() {
+			if r := benchutil.RSSBytes(srv.pid()); r > peak.Load() {
 				peak.Store(r)
 			}
 			time.Sleep(100 * time.Millisecond)
@@ -352,7 +353,7 @@ func fanoutStore(ctx context.Context, c fanoutConfig, name, dbURL string, cliMin
 		}
 	}
 	res.Deliveries = len(lat)
-	res.Latency, res.PerEventP99 = summarize(lat), summarize(perEvent)
+	res.Latency, res.PerEventP99 = benchutil.Summarize(lat), benchutil.Summarize(perEvent)
 	for _, s := range open {
 		select {
 		case why := <-s.closed:

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/oaruntime/oaruntime/bench/benchutil"
 	"math"
 	"sync"
 	"sync/atomic"
@@ -17,13 +18,13 @@ type ingestStep struct {
 	TargetRate float64 `json:"target_per_second"`
 	// Achieved counts successful appends over the step's wall time; below
 	// the target means the server (or the machine) could not take more.
-	Achieved   float64  `json:"achieved_per_second"`
-	Seconds    float64  `json:"seconds"`
-	Appended   int64    `json:"appended"`
-	Errors     int64    `json:"errors"`
-	FirstError string   `json:"first_error,omitempty"`
-	Append     durStats `json:"append_latency_from_send"`
-	Sched      durStats `json:"append_latency_from_schedule"`
+	Achieved   float64            `json:"achieved_per_second"`
+	Seconds    float64            `json:"seconds"`
+	Appended   int64              `json:"appended"`
+	Errors     int64              `json:"errors"`
+	FirstError string             `json:"first_error,omitempty"`
+	Append     benchutil.DurStats `json:"append_latency_from_send"`
+	Sched      benchutil.DurStats `json:"append_latency_from_schedule"`
 	// Lag over the step (bucket deltas between the scrapes at the start
 	// and end of the step).
 	Writes          float64 `json:"projection_writes"`
@@ -183,7 +184,7 @@ func ingestStep1(ctx context.Context, c ingestConfig, srv *server, a *api, si in
 		st.FirstError = v
 	}
 	st.Achieved = float64(len(l1)) / elapsed.Seconds()
-	st.Append, st.Sched = summarize(l1), summarize(l2)
+	st.Append, st.Sched = benchutil.Summarize(l1), benchutil.Summarize(l2)
 	d := h1.sub(h0)
 	st.Writes = d.total()
 	st.LagP50, st.LagP95, st.LagP99 = round1(d.quantile(0.5)), round1(d.quantile(0.95)), round1(d.quantile(0.99))

@@ -10,6 +10,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/oaruntime/oaruntime/bench/benchutil"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -73,7 +74,7 @@ func run(ctx context.Context, args []string) error {
 	logf("work dir %s, load %s", *work, loadavg())
 	dropSchema(ctx, *pg, *schema)
 	defer dropSchema(ctx, *pg, *schema)
-	pgu, err := pgURL(*pg, map[string]string{"schema": *schema})
+	pgu, err := benchutil.PGURL(*pg, map[string]string{"schema": *schema})
 	if err != nil {
 		return err
 	}
