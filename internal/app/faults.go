@@ -1,7 +1,6 @@
 package app
 
 import (
-	"encoding/json"
 	"errors"
 	"math/rand/v2"
 	"net/http"
@@ -25,37 +24,6 @@ func (s *Server) faultRoutes() []httpapi.Route {
 	}
 }
 
-type faultToggle struct {
-	Fail *bool `json:"fail"`
-}
-
-func decodeFault(w http.ResponseWriter, r *http.Request, v any) bool {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		w.Header().Set("content-type", "application/json")
-		w.WriteHeader(http.StatusBadRequest)
-		_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": "invalid_request", "message": "body: " + err.Error()}})
-		return false
-	}
-	return true
-}
-
-func (s *Server) faultTokenMint(w http.ResponseWriter, r *http.Request) {
-	var f faultToggle
-	if !decodeFault(w, r, &f) {
-		return
-	}
-	on := f.Fail != nil && *f.Fail
-	if on {
-		s.Minter.SetFault(func() error { return errors.New("injected signing fault") })
-	} else {
-		s.Minter.SetFault(nil)
-	}
-	w.Header().Set("content-type", "application/json")
-	_ = json.NewEncoder(w).Encode(map[string]any{"token_mint_fault": on})
-}
-
 // faultState holds the fault knobs of the HTTP layer.
 type faultState struct {
 	httpErrorPPM atomic.Int64 // injected 500s, parts per million of signed API requests
@@ -74,43 +42,53 @@ func (s *Server) httpFault(r *http.Request) error {
 	return nil
 }
 
-type rateFault struct {
-	Rate *float64 `json:"rate"`
+func (s *Server) faultTokenMint(w http.ResponseWriter, r *http.Request) {
+	var f struct {
+		Fail *bool `json:"fail"`
+	}
+	if aerr := httpapi.DecodeJSON(r, &f, false); aerr != nil {
+		httpapi.WriteError(w, aerr.Status, aerr.Code, aerr.Message)
+		return
+	}
+	on := f.Fail != nil && *f.Fail
+	if on {
+		s.Minter.SetFault(func() error { return errors.New("injected signing fault") })
+	} else {
+		s.Minter.SetFault(nil)
+	}
+	httpapi.WriteJSON(w, http.StatusOK, map[string]any{"token_mint_fault": on})
 }
 
-func (f rateFault) ppm(w http.ResponseWriter) (int64, bool) {
-	if f.Rate == nil || *f.Rate < 0 || *f.Rate > 1 {
-		w.Header().Set("content-type", "application/json")
-		w.WriteHeader(http.StatusBadRequest)
-		_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": "invalid_request", "message": "rate: required, 0..1"}})
+// decodeRate reads {"rate": 0..1}.
+func decodeRate(w http.ResponseWriter, r *http.Request) (float64, bool) {
+	var f struct {
+		Rate *float64 `json:"rate"`
+	}
+	if aerr := httpapi.DecodeJSON(r, &f, false); aerr != nil {
+		httpapi.WriteError(w, aerr.Status, aerr.Code, aerr.Message)
 		return 0, false
 	}
-	return int64(*f.Rate * 1e6), true
+	if f.Rate == nil || *f.Rate < 0 || *f.Rate > 1 {
+		httpapi.WriteError(w, http.StatusBadRequest, httpapi.CodeInvalidRequest, "rate: required, 0..1")
+		return 0, false
+	}
+	return *f.Rate, true
 }
 
 func (s *Server) faultHTTP(w http.ResponseWriter, r *http.Request) {
-	var f rateFault
-	if !decodeFault(w, r, &f) {
-		return
-	}
-	p, ok := f.ppm(w)
+	rate, ok := decodeRate(w, r)
 	if !ok {
 		return
 	}
-	s.faults.httpErrorPPM.Store(p)
-	w.Header().Set("content-type", "application/json")
-	_ = json.NewEncoder(w).Encode(map[string]any{"http_error_rate": *f.Rate})
+	s.faults.httpErrorPPM.Store(int64(rate * 1e6))
+	httpapi.WriteJSON(w, http.StatusOK, map[string]any{"http_error_rate": rate})
 }
 
 func (s *Server) faultExecutor(w http.ResponseWriter, r *http.Request) {
-	var f rateFault
-	if !decodeFault(w, r, &f) {
+	rate, ok := decodeRate(w, r)
+	if !ok {
 		return
 	}
-	if _, ok := f.ppm(w); !ok {
-		return
-	}
-	s.Exec.SetAbandonRate(*f.Rate)
-	w.Header().Set("content-type", "application/json")
-	_ = json.NewEncoder(w).Encode(map[string]any{"executor_abandon_rate": *f.Rate})
+	s.Exec.SetAbandonRate(rate)
+	httpapi.WriteJSON(w, http.StatusOK, map[string]any{"executor_abandon_rate": rate})
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -59,5 +60,32 @@ func TestOperatorRoutesNeedAnOperator(t *testing.T) {
 		if status != c.want {
 			t.Errorf("%s: status %d, want %d (%v)", c.name, status, c.want, err)
 		}
+	}
+}
+
+// TestFaultEndpointsRejectBadInput: the fault knobs answer 400 naming the
+// field, never 5xx.
+func TestFaultEndpointsRejectBadInput(t *testing.T) {
+	rt := alerttest.StartRuntime(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, c := range []struct {
+		path string
+		body any
+		want string
+	}{
+		{"/internal/v1/ops/faults/http", map[string]any{"rate": 2.0}, "rate"},
+		{"/internal/v1/ops/faults/http", map[string]any{}, "rate"},
+		{"/internal/v1/ops/faults/executor", map[string]any{"rate": "x"}, "rate"},
+		{"/internal/v1/ops/faults/token-mint", map[string]any{"fail": true, "extra": 1}, "extra"},
+	} {
+		_, err := rt.Client.Do(ctx, http.MethodPost, c.path, c.body, nil)
+		var ae *client.APIError
+		if !errors.As(err, &ae) || ae.Status != 400 || !strings.Contains(ae.Message, c.want) {
+			t.Errorf("%s %v: %v, want 400 naming %s", c.path, c.body, err, c.want)
+		}
+	}
+	if _, err := rt.Client.Do(ctx, http.MethodPost, "/internal/v1/ops/faults/http", map[string]any{"rate": 0.0}, nil); err != nil {
+		t.Fatal(err)
 	}
 }
