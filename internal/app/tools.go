@@ -4,7 +4,6 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
-	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/propagation"
@@ -18,23 +17,13 @@ import (
 	"github.com/oaruntime/oaruntime/internal/tools/egress"
 )
 
-func splitList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
-}
-
 // buildTools registers the built-in tools and the configured manifest tools.
 // A rejected manifest is logged and counted as a `manifest` parity failure;
 // it does not stop the node.
 func buildTools(cfg *config.Config, m *telemetry.Metrics, log *slog.Logger) *tools.Registry {
-	guard := egress.New(egress.Config{AllowedHosts: splitList(cfg.EgressAllowlist), Timeout: tools.MaxManifestTimeout})
+	guard := egress.New(egress.Config{AllowedHosts: config.List(cfg.EgressAllowlist), Timeout: tools.MaxManifestTimeout})
 	ts := []tools.Tool{tools.Echo{}, tools.Sleep{Max: 5 * time.Minute}, tools.NewHTTPFetch(guard)}
-	if paths := splitList(cfg.ToolManifests); len(paths) > 0 {
+	if paths := config.List(cfg.ToolManifests); len(paths) > 0 {
 		mts, errs := tools.LoadManifests(paths, tools.WithEgress(guard))
 		for _, err := range errs {
 			reason := "invalid_manifest"

@@ -211,9 +211,12 @@ func devSecret(dir, name string, create bool) (string, error) {
 }
 
 // OperatorSubList is OperatorSubs split.
-func (c *Config) OperatorSubList() []string {
+func (c *Config) OperatorSubList() []string { return List(c.OperatorSubs) }
+
+// List splits a comma-separated setting, dropping blanks.
+func List(s string) []string {
 	var out []string
-	for _, p := range strings.Split(c.OperatorSubs, ",") {
+	for _, p := range strings.Split(s, ",") {
 		if p = strings.TrimSpace(p); p != "" {
 			out = append(out, p)
 		}
