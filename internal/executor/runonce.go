@@ -136,21 +136,27 @@ func (r *runner) run(ctx context.Context) Result {
 	if store.Terminal(run.Status) {
 		return Result{Status: run.Status, ReasonClass: run.TerminalReasonClass}
 	}
+	// The run row read above is current unless run.started changed it; after
+	// that, every frame's events do.
+	fresh := true
 	if run.Status == store.StatusCreated {
 		if _, err := r.append(ctx, "run.started", map[string]any{}, "run.started", 0, store.TraceContext{}); err != nil {
 			return Result{Err: err, ReasonClass: errClass(err)}
 		}
+		fresh = false
 	}
 	processed := 0
 	for {
 		if err := ctx.Err(); err != nil {
 			return Result{ProcessedFrames: processed, Err: err, ReasonClass: "executor_error"}
 		}
-		run, err = st.GetRun(ctx, r.lease.RunID)
-		if err != nil {
-			return Result{ProcessedFrames: processed, Err: err, ReasonClass: errClass(err)}
+		if !fresh {
+			if run, err = st.GetRun(ctx, r.lease.RunID); err != nil {
+				return Result{ProcessedFrames: processed, Err: err, ReasonClass: errClass(err)}
+			}
+			r.run_ = run
 		}
-		r.run_ = run
+		fresh = false
 		if store.Terminal(run.Status) {
 			return Result{ProcessedFrames: processed, Status: run.Status, ReasonClass: run.TerminalReasonClass}
 		}
