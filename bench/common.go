@@ -237,6 +237,9 @@ func startServer(ctx context.Context, bin, name, logDir string, settings map[str
 		env = append(env, kv)
 	}
 	s := map[string]string{"OA_RUNTIME_ADDR": addr, "OA_RUNTIME_SIGNATURE_SECRET": secret, "OA_RUNTIME_LOG_LEVEL": "warn"}
+	if v := os.Getenv("OA_RUNTIME_PPROF_ADDR"); v != "" {
+		s["OA_RUNTIME_PPROF_ADDR"] = v // profiling the server under the bench
+	}
 	for k, v := range settings {
 		s[k] = v
 	}

@@ -72,6 +72,7 @@ func runsCmd(ctx context.Context, args []string) error {
 	n := fs.Int("n", 2000, "items per round")
 	poolSize := fs.Int("pool", 16, "PostgreSQL pool size of each side (pool_max_conns / pgxpool MaxConns)")
 	submitters := fs.Int("submitters", 32, "concurrent clients submitting items")
+	only := fs.String("only", "", "\"oaruntime\": measure oaruntime alone (a profiling aid; no ratio, results not saved)")
 	sweepFlag := fs.String("sweep", "64,256,1024", "concurrency settings tried (one round each) before the measured rounds; each side keeps its best")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -96,6 +97,9 @@ func runsCmd(ctx context.Context, args []string) error {
 	dbURL, err := benchutil.PGURL(c.pg, map[string]string{"schema": oaSchema, "pool_max_conns": strconv.Itoa(*poolSize)})
 	if err != nil {
 		return err
+	}
+	if *only == "oaruntime" {
+		return oaruntimeOnly(ctx, &c, dbURL, *sweepFlag, *rounds, *n, *submitters)
 	}
 	res := runsResult{Config: map[string]any{
 		"rounds": *rounds, "n": *n, "pool_max_conns": *poolSize, "submitters": *submitters,
@@ -530,4 +534,34 @@ func projectionTail(ctx context.Context, a *api) time.Duration {
 		}
 	}
 	return lastChange.Sub(start)
+}
+
+// oaruntimeOnly measures oaruntime alone at each concurrency: a quick loop
+// for profiling the server (OA_RUNTIME_PPROF_ADDR is passed through).
+func oaruntimeOnly(ctx context.Context, c *common, dbURL, sweepFlag string, rounds, n, submitters int) error {
+	sweep, err := parseInts(sweepFlag)
+	if err != nil {
+		return fmt.Errorf("--sweep: %w", err)
+	}
+	for _, k := range sweep {
+		o, err := newOASide(ctx, c, dbURL, k)
+		if err != nil {
+			return err
+		}
+		if _, err := oaruntimeRound(ctx, o.api, 0, 200, submitters); err != nil {
+			o.close()
+			return err
+		}
+		for i := 1; i <= rounds; i++ {
+			r, err := oaruntimeRound(ctx, o.api, i, n, submitters)
+			if err != nil {
+				o.close()
+				return err
+			}
+			logf("oaruntime concurrency %d round %d: %.1f runs/s, process %.3f ms/run, machine %.3f ms/run, projection tail %.2fs",
+				k, i, r.PerSecond, r.ProcessCPUMSPerItem, r.MachineCPUMSPerItem, r.ProjectionTailSeconds)
+		}
+		o.close()
+	}
+	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 	"time"
 
@@ -243,6 +244,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	go s.Revoked.RunPruning(bg, time.Minute)
 	s.Exec.Start(bg)
 	s.Janitor.Start(bg)
+	if s.Cfg.PprofAddr != "" {
+		if err := s.servePprof(bg); err != nil {
+			cancel()
+			return err
+		}
+	}
 	hs := &http.Server{Handler: s.Handler, ReadHeaderTimeout: 10 * time.Second}
 	hs.RegisterOnShutdown(s.Stream.Shutdown)
 	errc := make(chan error, 1)
@@ -271,6 +278,26 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		serveErr = nil
 	}
 	return serveErr
+}
+
+// servePprof serves the Go profiles on their own listener, never on the
+// API address: they are for the operator on the node, not for clients.
+func (s *Server) servePprof(ctx context.Context) error {
+	ln, err := net.Listen("tcp", s.Cfg.PprofAddr)
+	if err != nil {
+		return fmt.Errorf("pprof listen %s: %w", s.Cfg.PprofAddr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = hs.Serve(ln) }()
+	go func() { <-ctx.Done(); _ = hs.Close() }()
+	s.Log.Info("pprof serving", "addr", ln.Addr().String())
+	return nil
 }
 
 // Close releases the store and flushes traces.

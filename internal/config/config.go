@@ -60,6 +60,9 @@ type Config struct {
 	// EnableFaults exposes the operator fault-injection endpoints used by
 	// `oaruntime loadgen` and the alert tests. Off by default.
 	EnableFaults bool
+	// PprofAddr, when set, serves net/http/pprof on its own listener (keep
+	// it on localhost: profiles reveal internals). Off by default.
+	PprofAddr string
 }
 
 // env returns the environment value of key or def.
@@ -111,6 +114,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.StreamIdle, "stream-idle", envDuration("OA_RUNTIME_STREAM_IDLE", 60*time.Second), "SSE tail timeout without new events (OA_RUNTIME_STREAM_IDLE)")
 	fs.DurationVar(&c.StreamHeartbeat, "stream-heartbeat", envDuration("OA_RUNTIME_STREAM_HEARTBEAT", 15*time.Second), "SSE heartbeat interval (OA_RUNTIME_STREAM_HEARTBEAT)")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 10*time.Second, "time allowed for a clean shutdown")
+	fs.StringVar(&c.PprofAddr, "pprof-addr", env("OA_RUNTIME_PPROF_ADDR", ""), "serve Go profiles (net/http/pprof) on this address, e.g. 127.0.0.1:6060 (OA_RUNTIME_PPROF_ADDR; off by default)")
 	fs.BoolVar(&c.EnableFaults, "enable-faults", env("OA_RUNTIME_ENABLE_FAULTS", "") == "1", "expose operator fault-injection endpoints (OA_RUNTIME_ENABLE_FAULTS=1); never in production")
 }
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -79,7 +80,21 @@ type runOptions struct {
 // or has no more input. Every write carries the lease's fencing token.
 func (e *Executor) RunOnce(ctx context.Context, l store.Lease) (res Result) {
 	start := time.Now()
-	ctx = e.pendingTrace(ctx, l.RunID)
+	r := &runner{e: e, lease: l, fence: l.Fence()}
+	// One read of the run and its next frame starts the pass; the frame's
+	// trace is the parent of run_once: the pass exists because that request
+	// sent input, so the pass (and run.started, appended before the frame is
+	// processed) belongs to its trace. A read error only loses the parent;
+	// run reports it.
+	run, runErr := e.d.Store.GetRun(ctx, l.RunID)
+	var next *store.Frame
+	if runErr == nil && !store.Terminal(run.Status) {
+		if fr, err := e.d.Store.NextFrame(ctx, l.RunID, run.LastProcessedFrameID); err == nil {
+			next = &fr
+			ctx = telemetry.ContextWithRemote(ctx, fr.Trace.TraceParent, fr.Trace.TraceState)
+			ctx = telemetry.WithRequestID(ctx, fr.Trace.RequestID)
+		}
+	}
 	ctx, span := e.d.Tracer.Start(ctx, "run_once")
 	span.SetAttributes(attribute.String("run_id", l.RunID))
 	defer func() {
@@ -97,26 +112,10 @@ func (e *Executor) RunOnce(ctx context.Context, l store.Lease) (res Result) {
 			"reason_class", res.ReasonClass, "processed_frames", res.ProcessedFrames, "duration_ms", float64(d.Microseconds())/1000)
 		span.End()
 	}()
-	r := &runner{e: e, lease: l, fence: l.Fence()}
-	res = r.run(ctx)
-	return res
-}
-
-// pendingTrace makes the trace of the run's next pending frame the parent
-// of run_once: the pass exists because that request sent input, so the pass
-// (and run.started, appended before the frame is read) belongs to its trace.
-// A read error only loses the parent; run reports it.
-func (e *Executor) pendingTrace(ctx context.Context, runID string) context.Context {
-	run, err := e.d.Store.GetRun(ctx, runID)
-	if err != nil {
-		return ctx
+	if runErr != nil {
+		return Result{Err: runErr, ReasonClass: errClass(runErr)}
 	}
-	fr, err := e.d.Store.NextFrame(ctx, runID, run.LastProcessedFrameID)
-	if err != nil {
-		return ctx
-	}
-	ctx = telemetry.ContextWithRemote(ctx, fr.Trace.TraceParent, fr.Trace.TraceState)
-	return telemetry.WithRequestID(ctx, fr.Trace.RequestID)
+	return r.run(ctx, run, next)
 }
 
 type runner struct {
@@ -124,51 +123,72 @@ type runner struct {
 	lease store.Lease
 	fence *store.Fence
 	run_  store.Run
+	// emptyLog: the run had no event before this pass, so no earlier
+	// execution left steps to replay and priorEvents need not read the log.
+	emptyLog bool
+
+	ownMu  sync.Mutex
+	ownSeq map[int64]bool // seqs this pass appended (see watchCancel)
 }
 
-func (r *runner) run(ctx context.Context) Result {
+func (r *runner) appended(seq int64) bool {
+	r.ownMu.Lock()
+	defer r.ownMu.Unlock()
+	return r.ownSeq[seq]
+}
+
+// run walks the pending frames of run (as read at the start of the pass;
+// next is its first pending frame, nil if none was found).
+func (r *runner) run(ctx context.Context, run store.Run, next *store.Frame) Result {
 	st := r.e.d.Store
-	run, err := st.GetRun(ctx, r.lease.RunID)
-	if err != nil {
-		return Result{Err: err, ReasonClass: errClass(err)}
-	}
 	r.run_ = run
 	if store.Terminal(run.Status) {
 		return Result{Status: run.Status, ReasonClass: run.TerminalReasonClass}
 	}
-	// The run row read above is current unless run.started changed it; after
-	// that, every frame's events do.
-	fresh := true
+	r.emptyLog = run.LatestSeq == 0
 	if run.Status == store.StatusCreated {
-		if _, err := r.append(ctx, "run.started", map[string]any{}, "run.started", 0, store.TraceContext{}); err != nil {
+		ev, err := r.append(ctx, "run.started", map[string]any{}, "run.started", 0, store.TraceContext{})
+		if err != nil {
 			return Result{Err: err, ReasonClass: errClass(err)}
 		}
-		fresh = false
+		// run.started moves only the status and the head: the run row read
+		// above stays current without reading it again.
+		r.run_.Status, r.run_.LatestSeq = store.StatusRunning, ev.Seq
+		run = r.run_
 	}
 	processed := 0
 	for {
 		if err := ctx.Err(); err != nil {
 			return Result{ProcessedFrames: processed, Err: err, ReasonClass: "executor_error"}
 		}
-		if !fresh {
+		if processed > 0 {
+			// The frame's events changed the run: read it again.
+			var err error
 			if run, err = st.GetRun(ctx, r.lease.RunID); err != nil {
 				return Result{ProcessedFrames: processed, Err: err, ReasonClass: errClass(err)}
 			}
 			r.run_ = run
+			r.emptyLog = false
+			next = nil
 		}
-		fresh = false
 		if store.Terminal(run.Status) {
 			return Result{ProcessedFrames: processed, Status: run.Status, ReasonClass: run.TerminalReasonClass}
 		}
 		if run.Status == store.StatusCanceling {
 			return r.finishCanceled(ctx, 0, "", processed)
 		}
-		fr, err := st.NextFrame(ctx, run.RunID, run.LastProcessedFrameID)
-		if errors.Is(err, store.ErrNotFound) {
-			return Result{ProcessedFrames: processed, Status: run.Status, ReasonClass: "none"}
-		}
-		if err != nil {
-			return Result{ProcessedFrames: processed, Err: err, ReasonClass: errClass(err)}
+		var fr store.Frame
+		if next != nil {
+			fr = *next
+		} else {
+			var err error
+			fr, err = st.NextFrame(ctx, run.RunID, run.LastProcessedFrameID)
+			if errors.Is(err, store.ErrNotFound) {
+				return Result{ProcessedFrames: processed, Status: run.Status, ReasonClass: "none"}
+			}
+			if err != nil {
+				return Result{ProcessedFrames: processed, Err: err, ReasonClass: errClass(err)}
+			}
 		}
 		processed++
 		res, done := r.frame(ctx, fr)
@@ -309,6 +329,12 @@ func (r *runner) append(ctx context.Context, eventType string, payload map[strin
 	if err != nil {
 		return ev, fmt.Errorf("append %s: %w", eventType, err)
 	}
+	r.ownMu.Lock()
+	if r.ownSeq == nil {
+		r.ownSeq = map[int64]bool{}
+	}
+	r.ownSeq[ev.Seq] = true
+	r.ownMu.Unlock()
 	return ev, nil
 }
 
@@ -319,6 +345,9 @@ func (r *runner) append(ctx context.Context, eventType string, payload map[strin
 func (r *runner) priorEvents(ctx context.Context, frameID string) (map[string]store.Event, []ToolCallRecord, error) {
 	prefix := "f:" + frameID + ":"
 	out := map[string]store.Event{}
+	if r.emptyLog {
+		return out, nil, nil // only this pass's run.started is in the log
+	}
 	var earlier []store.Event
 	var after int64
 	for {
@@ -873,14 +902,23 @@ func (r *runner) watchCancel(ctx context.Context) (context.Context, func()) {
 	if r.e.d.Hub == nil {
 		return turnCtx, cancel
 	}
-	wake, unsub := r.e.d.Hub.Subscribe(r.lease.RunID)
+	// Only another writer's event can move the run to canceling: the
+	// runner's own appends and frame notices do not wake the watcher, or
+	// every delta would cost a read of the run.
+	wake, unsub := r.e.d.Hub.SubscribeFiltered(r.lease.RunID, func(n store.Notice) bool {
+		return n.Kind == store.NoticeEvent && !r.appended(n.Seq)
+	})
 	go func() {
 		for {
 			select {
 			case <-turnCtx.Done():
 				return
 			case <-wake:
-				run, err := r.e.d.Store.GetRun(turnCtx, r.lease.RunID)
+				// Not turnCtx: the end of the turn must not abort the read
+				// mid-flight, which would cost the pool its connection.
+				qctx, qcancel := context.WithTimeout(context.WithoutCancel(turnCtx), 10*time.Second)
+				run, err := r.e.d.Store.GetRun(qctx, r.lease.RunID)
+				qcancel()
 				if err == nil && (run.Status == store.StatusCanceling || store.Terminal(run.Status)) {
 					cancel()
 					return

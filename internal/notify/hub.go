@@ -34,6 +34,10 @@ type Hub struct {
 
 type subscription struct {
 	ch chan struct{}
+	// want, when set, drops notices the subscriber has no use for (for
+	// example its own appends) before they wake it. It runs under the hub's
+	// lock, so it must be quick and must not call the hub.
+	want func(store.Notice) bool
 }
 
 // NewHub returns an empty hub.
@@ -78,16 +82,19 @@ func (h *Hub) Publish(n store.Notice) {
 	defer h.mu.Unlock()
 	if n.RunID == "" {
 		for _, set := range h.subs {
-			wakeAll(set)
+			wakeAll(set, n)
 		}
 		return
 	}
-	wakeAll(h.subs[n.RunID])
-	wakeAll(h.subs[""])
+	wakeAll(h.subs[n.RunID], n)
+	wakeAll(h.subs[""], n)
 }
 
-func wakeAll(set map[*subscription]struct{}) {
+func wakeAll(set map[*subscription]struct{}, n store.Notice) {
 	for s := range set {
+		if s.want != nil && n.RunID != "" && !s.want(n) {
+			continue
+		}
 		select {
 		case s.ch <- struct{}{}:
 		default:
@@ -100,7 +107,15 @@ func wakeAll(set map[*subscription]struct{}) {
 // subscription and is safe to call more than once. The channel is never
 // closed, so a select that still holds it after cancel simply never fires.
 func (h *Hub) Subscribe(runID string) (<-chan struct{}, func()) {
-	s := &subscription{ch: make(chan struct{}, 1)}
+	return h.SubscribeFiltered(runID, nil)
+}
+
+// SubscribeFiltered is Subscribe with a filter: a notice wakes the
+// subscriber only when want returns true. Notices without a run id (a
+// reconnected source) wake every subscriber regardless, since writes may
+// have been missed.
+func (h *Hub) SubscribeFiltered(runID string, want func(store.Notice) bool) (<-chan struct{}, func()) {
+	s := &subscription{ch: make(chan struct{}, 1), want: want}
 	h.mu.Lock()
 	set := h.subs[runID]
 	if set == nil {

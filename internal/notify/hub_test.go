@@ -204,3 +204,28 @@ func TestConcurrentUse(t *testing.T) {
 		t.Fatalf("Subscribers after all cancels = %d, want 0", got)
 	}
 }
+
+func TestSubscribeFilteredDropsUnwantedNotices(t *testing.T) {
+	h := NewHub()
+	// A runner that appended seq 1 and 2 itself wants only other writes.
+	own := map[int64]bool{1: true, 2: true}
+	ch, cancel := h.SubscribeFiltered("run_a", func(n store.Notice) bool {
+		return n.Kind == store.NoticeEvent && !own[n.Seq]
+	})
+	defer cancel()
+	tests := []struct {
+		notice store.Notice
+		want   bool
+	}{
+		{store.Notice{Kind: store.NoticeEvent, RunID: "run_a", Seq: 2}, false},
+		{store.Notice{Kind: store.NoticeFrame, RunID: "run_a"}, false},
+		{store.Notice{Kind: store.NoticeEvent, RunID: "run_a", Seq: 3}, true},
+		{store.Notice{}, true}, // reconnect: writes may have been missed
+	}
+	for _, tc := range tests {
+		h.Publish(tc.notice)
+		if got := woken(ch); got != tc.want {
+			t.Errorf("notice %+v: woken = %v, want %v", tc.notice, got, tc.want)
+		}
+	}
+}

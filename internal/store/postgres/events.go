@@ -53,44 +53,53 @@ func (s *Store) notify(ctx context.Context, tx pgx.Tx, n store.Notice) error {
 
 // AppendEvent implements store.Store.
 func (s *Store) AppendEvent(ctx context.Context, in store.AppendInput) (store.Event, bool, error) {
+	if ev, done, err := s.appendFast(ctx, in); done {
+		return ev, false, err
+	}
 	var (
 		ev     store.Event
 		replay bool
+		status string
 	)
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var err error
-		ev, replay, err = s.appendTx(ctx, tx, in)
+		ev, replay, status, err = s.appendTx(ctx, tx, in)
 		return err
 	})
 	if err != nil {
+		s.heads.forget(in.RunID)
 		return store.Event{}, false, fmt.Errorf("postgres: append %s to run %s: %w", strings.TrimSpace(in.EventType), in.RunID, err)
+	}
+	if !replay {
+		s.heads.put(in.RunID, head{seq: ev.Seq, hash: ev.EventHash, status: status})
 	}
 	return ev, replay, nil
 }
 
 // appendTx performs one append inside tx, in the order the contract fixes:
 // idempotency replay, fence, expected seq, state machine, insert, run update.
-func (s *Store) appendTx(ctx context.Context, tx pgx.Tx, in store.AppendInput) (store.Event, bool, error) {
+// It also returns the run's status after the append.
+func (s *Store) appendTx(ctx context.Context, tx pgx.Tx, in store.AppendInput) (store.Event, bool, string, error) {
 	eventType := strings.TrimSpace(in.EventType)
 	if eventType == "" {
-		return store.Event{}, false, errors.New("event_type is required")
+		return store.Event{}, false, "", errors.New("event_type is required")
 	}
 	key := strings.TrimSpace(in.IdempotencyKey)
 	if !storable(in.RunID) {
-		return store.Event{}, false, store.ErrNotFound
+		return store.Event{}, false, "", store.ErrNotFound
 	}
 	if err := checkText("event_type", eventType, "idempotency_key", key, "traceparent", in.Trace.TraceParent,
 		"tracestate", in.Trace.TraceState, "request_id", in.Trace.RequestID); err != nil {
-		return store.Event{}, false, err
+		return store.Event{}, false, "", err
 	}
 	if in.Fence != nil {
 		if err := checkText("fence owner", in.Fence.Owner); err != nil {
-			return store.Event{}, false, fmt.Errorf("%w: %v", store.ErrFenced, err)
+			return store.Event{}, false, "", fmt.Errorf("%w: %v", store.ErrFenced, err)
 		}
 	}
 	payload, err := runs.CanonicalizeRaw(in.Payload)
 	if err != nil {
-		return store.Event{}, false, fmt.Errorf("payload: %w", err)
+		return store.Event{}, false, "", fmt.Errorf("payload: %w", err)
 	}
 
 	// The row lock serializes appends of one run: seq = latest_seq+1 is
@@ -105,46 +114,46 @@ func (s *Store) appendTx(ctx context.Context, tx pgx.Tx, in store.AppendInput) (
 		`SELECT status, latest_seq, head_hash FROM runs WHERE run_id = $1 FOR NO KEY UPDATE`,
 		in.RunID).Scan(&status, &latest, &headHash)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return store.Event{}, false, store.ErrNotFound
+		return store.Event{}, false, "", store.ErrNotFound
 	}
 	if err != nil {
-		return store.Event{}, false, fmt.Errorf("lock run: %w", err)
+		return store.Event{}, false, "", fmt.Errorf("lock run: %w", err)
 	}
 
 	if key != "" {
 		prev, err := scanEvent(tx.QueryRow(ctx,
 			`SELECT `+eventCols+` FROM run_events WHERE run_id = $1 AND idempotency_key = $2`, in.RunID, key))
 		if err == nil {
-			return prev, true, nil
+			return prev, true, "", nil
 		}
 		if !errors.Is(err, pgx.ErrNoRows) {
-			return store.Event{}, false, fmt.Errorf("idempotency lookup: %w", err)
+			return store.Event{}, false, "", fmt.Errorf("idempotency lookup: %w", err)
 		}
 	}
 
 	if in.Fence != nil {
 		if err := checkFence(ctx, tx, in.RunID, *in.Fence); err != nil {
-			return store.Event{}, false, err
+			return store.Event{}, false, "", err
 		}
 	}
 
 	if in.ExpectedPreviousSeq != nil && *in.ExpectedPreviousSeq != latest {
-		return store.Event{}, false, fmt.Errorf("%w: expected previous seq %d, latest is %d",
+		return store.Event{}, false, "", fmt.Errorf("%w: expected previous seq %d, latest is %d",
 			store.ErrSeqConflict, *in.ExpectedPreviousSeq, latest)
 	}
 
 	out, err := runs.Transition(status, eventType, payload)
 	if err != nil {
-		return store.Event{}, false, transitionError{err}
+		return store.Event{}, false, "", transitionError{err}
 	}
 	if out.Idempotent {
 		prev, err := scanEvent(tx.QueryRow(ctx, `SELECT `+eventCols+` FROM run_events
 			WHERE run_id = $1 AND event_type = 'run.finished' ORDER BY seq DESC LIMIT 1`, in.RunID))
 		if err == nil {
-			return prev, true, nil
+			return prev, true, "", nil
 		}
 		if !errors.Is(err, pgx.ErrNoRows) {
-			return store.Event{}, false, fmt.Errorf("read run.finished: %w", err)
+			return store.Event{}, false, "", fmt.Errorf("read run.finished: %w", err)
 		}
 		// The original was pruned: nothing to replay, so record the repeat.
 	}
@@ -163,7 +172,7 @@ func (s *Store) appendTx(ctx context.Context, tx pgx.Tx, in store.AppendInput) (
 		in.RunID, seq, eventType, string(payload), headHash, hash,
 		keyParam, in.Trace.TraceParent, in.Trace.TraceState, in.Trace.RequestID))
 	if err != nil {
-		return store.Event{}, false, fmt.Errorf("insert event: %w", err)
+		return store.Event{}, false, "", fmt.Errorf("insert event: %w", err)
 	}
 
 	_, err = tx.Exec(ctx, `
@@ -179,19 +188,19 @@ func (s *Store) appendTx(ctx context.Context, tx pgx.Tx, in store.AppendInput) (
 		WHERE run_id = $1`,
 		in.RunID, seq, hash, out.Status, out.Terminal && !out.Idempotent, out.ReasonClass, out.Reason, in.ProcessedFrameID)
 	if err != nil {
-		return store.Event{}, false, fmt.Errorf("update run: %w", err)
+		return store.Event{}, false, "", fmt.Errorf("update run: %w", err)
 	}
 	if in.Fence != nil {
 		// The holder's own append is the progress the janitor looks for.
 		if _, err := tx.Exec(ctx, `UPDATE run_leases SET last_progress_seq = $2, heartbeat_at = now() WHERE run_id = $1`,
 			in.RunID, seq); err != nil {
-			return store.Event{}, false, fmt.Errorf("mark progress: %w", err)
+			return store.Event{}, false, "", fmt.Errorf("mark progress: %w", err)
 		}
 	}
 	if err := s.notify(ctx, tx, store.Notice{Kind: store.NoticeEvent, RunID: in.RunID, Seq: seq}); err != nil {
-		return store.Event{}, false, err
+		return store.Event{}, false, "", err
 	}
-	return ev, false, nil
+	return ev, false, out.Status, nil
 }
 
 // transitionError keeps the state machine's message and matches both

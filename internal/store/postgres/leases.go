@@ -270,7 +270,7 @@ func (s *Store) reclaimTx(ctx context.Context, tx pgx.Tx, runID string, now time
 	if err != nil {
 		return store.Reclaim{}, false, err
 	}
-	lost, _, err := s.appendTx(ctx, tx, store.AppendInput{RunID: runID, EventType: "run.executor_lost", Payload: payload})
+	lost, _, _, err := s.appendTx(ctx, tx, store.AppendInput{RunID: runID, EventType: "run.executor_lost", Payload: payload})
 	if err != nil {
 		return store.Reclaim{}, false, fmt.Errorf("append run.executor_lost: %w", err)
 	}
@@ -293,7 +293,7 @@ func (s *Store) reclaimTx(ctx context.Context, tx pgx.Tx, runID string, now time
 		if err != nil {
 			return store.Reclaim{}, false, err
 		}
-		if _, _, err := s.appendTx(ctx, tx, store.AppendInput{RunID: runID, EventType: "run.finished", Payload: fin}); err != nil {
+		if _, _, _, err := s.appendTx(ctx, tx, store.AppendInput{RunID: runID, EventType: "run.finished", Payload: fin}); err != nil {
 			return store.Reclaim{}, false, fmt.Errorf("append run.finished: %w", err)
 		}
 		rec.Outcome = store.ReclaimExhausted

@@ -88,6 +88,9 @@ type Store struct {
 	// from the pool so that a listener never holds a pool slot.
 	listenConfig *pgx.ConnConfig
 
+	// heads lets an append skip reading the run row (see appendFast).
+	heads heads
+
 	// Listener state across all Watch calls: ListenerUp is true when at least
 	// one Watch is active and all active ones are connected.
 	watchers  atomic.Int64

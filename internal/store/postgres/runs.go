@@ -143,6 +143,9 @@ func (s *Store) CreateRun(ctx context.Context, in store.CreateRunInput) (store.R
 	if err != nil {
 		return store.Run{}, false, fmt.Errorf("postgres: create run %s: %w", in.RunID, err)
 	}
+	if created {
+		s.heads.put(run.RunID, head{status: run.Status})
+	}
 	return run, created, nil
 }
 
