@@ -286,6 +286,12 @@ func (e *Executor) execute(ctx context.Context, l store.Lease) {
 	if ctx.Err() != nil && !e.clean() {
 		return // abrupt stop: behave like a crash, leave the lease to expire
 	}
+	if res.Err == nil && store.Terminal(res.Status) {
+		// The event that finished the run released its lease (store
+		// contract): nothing left to give up.
+		e.d.Metrics.LeaseOp("release", "ok")
+		return
+	}
 	rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer rcancel()
 	if err := e.d.Store.ReleaseLease(rctx, l); err != nil {
@@ -294,7 +300,6 @@ func (e *Executor) execute(ctx context.Context, l store.Lease) {
 		return
 	}
 	e.d.Metrics.LeaseOp("release", "ok")
-	_ = res
 }
 
 func (e *Executor) keepLease(ctx context.Context, l store.Lease, cancel context.CancelFunc, lost chan<- struct{}) {

@@ -256,8 +256,11 @@ func (r *runner) finish(ctx context.Context, status, reasonClass, reason string,
 		return r.fail(err)
 	}
 	// Whatever is still reserved belongs to calls that will never settle.
-	if _, err := r.e.d.Spend.ReleaseRun(ctx, r.lease.RunID); err != nil {
-		r.e.d.Logger.Warn("spend: release of a finished run's reservations failed", "run_id", r.lease.RunID, "err", err)
+	// A run without a spend authorization never reserved anything.
+	if _, present, _ := spend.ParseAuthorization(r.run_.Authorization); present {
+		if _, err := r.e.d.Spend.ReleaseRun(ctx, r.lease.RunID); err != nil {
+			r.e.d.Logger.Warn("spend: release of a finished run's reservations failed", "run_id", r.lease.RunID, "err", err)
+		}
 	}
 	var got struct {
 		Status      string `json:"status"`

@@ -111,7 +111,10 @@ type Fence struct {
 // illegal transitions with ErrIllegalTransition), assigns seq = latest+1,
 // computes prev_hash/event_hash with runs.EventHash, updates the run row
 // (status, terminal fields) and, when ProcessedFrameID > 0, advances
-// last_processed_frame_id to it. Then it notifies watchers after commit.
+// last_processed_frame_id to it. An event that makes the run terminal also
+// releases its lease: a finished run needs no executor, and a lease left
+// held would stay in every janitor scan. Then it notifies watchers after
+// commit.
 type AppendInput struct {
 	RunID               string
 	EventType           string

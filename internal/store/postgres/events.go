@@ -197,6 +197,14 @@ func (s *Store) appendTx(ctx context.Context, tx pgx.Tx, in store.AppendInput) (
 			return store.Event{}, false, "", fmt.Errorf("mark progress: %w", err)
 		}
 	}
+	if out.Terminal && !out.Idempotent {
+		// A finished run needs no executor: its lease is released with
+		// the event that finished it, whoever appended it.
+		if _, err := tx.Exec(ctx, `UPDATE run_leases SET state = 'released', expires_at = clock_timestamp()
+			WHERE run_id = $1 AND state = 'held'`, in.RunID); err != nil {
+			return store.Event{}, false, "", fmt.Errorf("release lease of the finished run: %w", err)
+		}
+	}
 	if err := s.notify(ctx, tx, store.Notice{Kind: store.NoticeEvent, RunID: in.RunID, Seq: seq}); err != nil {
 		return store.Event{}, false, "", err
 	}

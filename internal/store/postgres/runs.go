@@ -104,18 +104,34 @@ func (s *Store) CreateRun(ctx context.Context, in store.CreateRunInput) (store.R
 		docs[i] = c
 	}
 
-	var (
-		run     store.Run
-		created bool
-	)
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	// The common case, a new run, is one statement: the run and its lease
+	// row. A run id seen before takes the transaction below, which compares.
+	args := []any{in.RunID, in.ThreadID, in.OwnerSub,
+		jsonParam(docs[0]), jsonParam(docs[1]), jsonParam(docs[2]), jsonParam(docs[3]), jsonParam(docs[4])}
+	run, err := scanRun(s.pool.QueryRow(ctx, `
+		WITH r AS (
+			INSERT INTO runs (run_id, thread_id, owner_sub, provider, tools, authorization_doc, output_schema, metadata)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+			ON CONFLICT (run_id) DO NOTHING
+			RETURNING `+runCols+`
+		), l AS (
+			INSERT INTO run_leases (run_id) SELECT run_id FROM r
+		)
+		SELECT `+runCols+` FROM r`, args...))
+	if err == nil {
+		s.heads.put(run.RunID, head{status: run.Status})
+		return run, true, nil
+	}
+	if !errors.Is(err, pgx.ErrNoRows) {
+		return store.Run{}, false, fmt.Errorf("postgres: create run %s: %w", in.RunID, err)
+	}
+	var created bool
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		r, err := scanRun(tx.QueryRow(ctx, `
 			INSERT INTO runs (run_id, thread_id, owner_sub, provider, tools, authorization_doc, output_schema, metadata)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 			ON CONFLICT (run_id) DO NOTHING
-			RETURNING `+runCols,
-			in.RunID, in.ThreadID, in.OwnerSub,
-			jsonParam(docs[0]), jsonParam(docs[1]), jsonParam(docs[2]), jsonParam(docs[3]), jsonParam(docs[4])))
+			RETURNING `+runCols, args...))
 		if err == nil {
 			if _, err := tx.Exec(ctx, `INSERT INTO run_leases (run_id) VALUES ($1)`, in.RunID); err != nil {
 				return fmt.Errorf("create lease row: %w", err)
@@ -203,10 +219,36 @@ func (s *Store) InsertFrame(ctx context.Context, in store.InsertFrameInput) (sto
 	}
 	hash := runs.PayloadHash(payload)
 
-	var (
-		frame    store.Frame
-		inserted bool
-	)
+	// The common case, a new frame, is one statement. The run row lock
+	// comes before the frame id is drawn, so the frames of a run commit in
+	// id order and the executor's cursor never skips one. A seen frame id or
+	// an unknown run takes the transaction below, which tells them apart.
+	notice, err := json.Marshal(store.Notice{Kind: store.NoticeFrame, RunID: in.RunID})
+	if err != nil {
+		return store.Frame{}, false, fmt.Errorf("postgres: insert frame: encode notice: %w", err)
+	}
+	if len(notice) > maxNotifyPayload {
+		notice, _ = json.Marshal(store.Notice{Kind: store.NoticeFrame})
+	}
+	frame, err := scanFrame(s.pool.QueryRow(ctx, `
+		WITH locked AS (
+			SELECT run_id FROM runs WHERE run_id = $1 FOR NO KEY UPDATE
+		), ins AS (
+			INSERT INTO frames (run_id, frame_id, frame_type, payload, payload_hash, traceparent, tracestate, request_id)
+			SELECT run_id, $2, $3, $4, $5, $6, $7, $8 FROM locked
+			ON CONFLICT (run_id, frame_id) DO NOTHING
+			RETURNING `+frameCols+`
+		)
+		SELECT `+frameCols+` FROM ins, LATERAL (SELECT pg_notify($9, $10)) AS n`,
+		in.RunID, in.FrameID, in.Type, string(payload), hash,
+		in.Trace.TraceParent, in.Trace.TraceState, in.Trace.RequestID, s.channel, string(notice)))
+	if err == nil {
+		return frame, true, nil
+	}
+	if !errors.Is(err, pgx.ErrNoRows) {
+		return store.Frame{}, false, fmt.Errorf("postgres: insert frame %s/%s: %w", in.RunID, in.FrameID, err)
+	}
+	var inserted bool
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var one int
 		err := tx.QueryRow(ctx, `SELECT 1 FROM runs WHERE run_id = $1 FOR NO KEY UPDATE`, in.RunID).Scan(&one)

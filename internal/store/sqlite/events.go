@@ -166,6 +166,15 @@ func (s *Store) appendTx(ctx context.Context, tx *sql.Tx, in store.AppendInput, 
 			return store.Event{}, false, fmt.Errorf("mark progress: %w", err)
 		}
 	}
+	if out.Terminal && !out.Idempotent {
+		// A finished run needs no executor: its lease is released with
+		// the event that finished it, whoever appended it.
+		_, err = tx.ExecContext(ctx, `UPDATE run_leases SET released = 1, expires_at = ?, heartbeat_at = ?
+			WHERE run_id = ? AND released = 0 AND reclaimed = 0`, ts, ts, in.RunID)
+		if err != nil {
+			return store.Event{}, false, fmt.Errorf("release lease of the finished run: %w", err)
+		}
+	}
 	notify(store.Notice{Kind: store.NoticeEvent, RunID: in.RunID, Seq: seq})
 	return ev, false, nil
 }

@@ -52,6 +52,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Fencing", testFencing},
 		{"Leases", testLeases},
 		{"LeaseSteal", testLeaseSteal},
+		{"TerminalReleasesLease", testTerminalReleasesLease},
 		{"ClaimRunnable", testClaimRunnable},
 		{"ClaimRunnableConcurrent", testClaimRunnableConcurrent},
 		{"ReclaimExpired", testReclaimExpired},
@@ -943,6 +944,34 @@ func testLeases(t *testing.T, s store.Store) {
 	}
 	if a := mustAcquire(t, s, "run-1", "a", longTTL, store.LeaseAcquired); a.Generation != 3 {
 		t.Fatalf("generation = %d, want 3", a.Generation)
+	}
+}
+
+// A run that becomes terminal releases its lease in the same write, fenced
+// or not: nobody has to call ReleaseLease, the janitor never sees it again,
+// and the former holder's fence is dead.
+func testTerminalReleasesLease(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	finished := json.RawMessage(`{"status":"succeeded","reason_class":"completed","reason":"done"}`)
+	for _, fenced := range []bool{true, false} {
+		id := fmt.Sprintf("run-fenced-%t", fenced)
+		mustRun(t, s, id)
+		l := mustAcquire(t, s, id, "a", longTTL, store.LeaseAcquired)
+		// Twice before finishing: drivers that remember the run head take
+		// their quick path from the second append on.
+		for _, typ := range []string{"run.started", "run.delta"} {
+			mustAppend(t, s, store.AppendInput{RunID: id, EventType: typ, Fence: l.Fence()})
+		}
+		in := store.AppendInput{RunID: id, EventType: "run.finished", Payload: finished}
+		if fenced {
+			in.Fence = l.Fence()
+		}
+		mustAppend(t, s, in)
+		_, err := s.RenewLease(ctx, l, longTTL)
+		wantErr(t, "RenewLease after the run finished", err, store.ErrFenced)
+		// Another owner acquires (neither held nor stolen): the live lease
+		// was released.
+		mustAcquire(t, s, id, "b", longTTL, store.LeaseAcquired)
 	}
 }
 

@@ -53,6 +53,11 @@ BEGIN
                 USING ERRCODE = 'OA001';
         END IF;
     END IF;
+    IF p_terminal THEN
+        -- A finished run needs no executor (as in the full path).
+        UPDATE run_leases SET state = 'released', expires_at = clock_timestamp()
+        WHERE run_id = p_run_id AND state = 'held';
+    END IF;
     INSERT INTO run_events (run_id, seq, event_type, payload, prev_hash, event_hash,
         idempotency_key, traceparent, tracestate, request_id)
     VALUES (p_run_id, p_seq, p_event_type, p_payload, p_prev_hash, p_hash,
