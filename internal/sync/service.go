@@ -20,6 +20,7 @@ import (
 	"maps"
 	"net/http"
 	gosync "sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/oaruntime/oaruntime/internal/httpapi"
@@ -89,6 +90,9 @@ type Service struct {
 	cancel context.CancelFunc
 	wake   chan struct{}
 	conns  gosync.WaitGroup
+	// sockets counts open sockets: only they read the heads, so without
+	// any the watcher does not read them either.
+	sockets atomic.Int64
 
 	mu       gosync.Mutex
 	heads    map[string]int64 // replaced, never mutated, when a head moves
@@ -150,7 +154,7 @@ func (s *Service) Start(ctx context.Context) error {
 	stop := context.AfterFunc(s.base, cancel)
 	// A first read before returning, so that sockets accepted right after
 	// Start compare against real heads.
-	s.refresh(ctx)
+	s.readHeads(ctx)
 	go func() {
 		defer close(s.watchEnd)
 		defer stop()
@@ -256,8 +260,17 @@ func (s *Service) watch(ctx context.Context) {
 	}
 }
 
-// refresh reads every topic's head and wakes sessions when one moved.
+// refresh reads every topic's head and wakes sessions when one moved. With
+// no socket open there is nobody to wake: the read is skipped (a socket
+// that opens wakes the watcher, see track).
 func (s *Service) refresh(ctx context.Context) {
+	if s.sockets.Load() == 0 {
+		return
+	}
+	s.readHeads(ctx)
+}
+
+func (s *Service) readHeads(ctx context.Context) {
 	bounds, err := s.st.StreamBounds(ctx, nil)
 	if err != nil {
 		if ctx.Err() == nil {

@@ -86,6 +86,7 @@ func (s *Service) serveSocket(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer s.conns.Done()
+	defer s.sockets.Add(-1)
 
 	s.m.SyncConnectionsAdd(1)
 	defer s.m.SyncConnectionsAdd(-1)
@@ -108,6 +109,8 @@ func (s *Service) track() bool {
 		return false
 	}
 	s.conns.Add(1)
+	s.sockets.Add(1)
+	s.Wake() // the heads were not read while no socket was open
 	return true
 }
 

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/oaruntime/oaruntime/internal/runs"
 	"github.com/oaruntime/oaruntime/internal/store"
@@ -22,29 +23,35 @@ func (s *Store) LoadRunLog(ctx context.Context, runID string) (store.Run, []stor
 	if !storable(runID) {
 		return store.Run{}, nil, fmt.Errorf("postgres: load run log %q: %w", runID, store.ErrNotFound)
 	}
+	// One round trip: the transaction's statements go out as one batch.
 	var (
-		run store.Run
-		evs []store.Event
+		run   store.Run
+		evs   []store.Event
+		found bool
 	)
-	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+	b := &pgx.Batch{}
+	b.Queue(`BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`)
+	b.Queue(`SELECT `+runCols+` FROM runs WHERE run_id = $1`, runID).QueryRow(func(row pgx.Row) error {
 		var err error
-		run, err = scanRun(tx.QueryRow(ctx, `SELECT `+runCols+` FROM runs WHERE run_id = $1`, runID))
+		run, err = scanRun(row)
 		if errors.Is(err, pgx.ErrNoRows) {
-			return store.ErrNotFound
+			return nil
 		}
-		if err != nil {
-			return err
-		}
-		rows, err := tx.Query(ctx, `SELECT `+eventCols+` FROM run_events
-			WHERE run_id = $1 AND seq <= $2 ORDER BY seq`, runID, run.LatestSeq)
-		if err != nil {
-			return err
-		}
+		found = err == nil
+		return err
+	})
+	b.Queue(`SELECT `+eventCols+` FROM run_events
+		WHERE run_id = $1 AND seq <= (SELECT latest_seq FROM runs WHERE run_id = $1) ORDER BY seq`, runID).Query(func(rows pgx.Rows) error {
+		var err error
 		evs, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.Event, error) { return scanEvent(r) })
 		return err
 	})
-	if err != nil {
+	b.Queue(`COMMIT`)
+	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
 		return store.Run{}, nil, fmt.Errorf("postgres: load run log %s: %w", runID, err)
+	}
+	if !found {
+		return store.Run{}, nil, fmt.Errorf("postgres: load run log %s: %w", runID, store.ErrNotFound)
 	}
 	return run, evs, nil
 }
@@ -68,64 +75,22 @@ func (s *Store) WriteProjection(ctx context.Context, in store.ProjectionWriteInp
 		return 0, fmt.Errorf("postgres: write projection %s/%s: doc: %w", in.Projection, in.EntityID, err)
 	}
 	var wm int64
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if !in.Force {
-			var cur int64
-			err := tx.QueryRow(ctx, `SELECT last_seq FROM khala_projection_checkpoints
-				WHERE projection = $1 AND entity_id = $2 FOR UPDATE`, in.Projection, in.EntityID).Scan(&cur)
-			switch {
-			case errors.Is(err, pgx.ErrNoRows):
-				cur = -1
-			case err != nil:
-				return err
-			}
-			if cur != in.ExpectSeq {
-				return fmt.Errorf("checkpoint is at %d, writer expected %d: %w", cur, in.ExpectSeq, store.ErrConflict)
-			}
-		}
-		if err := tx.QueryRow(ctx, `INSERT INTO khala_topic_watermarks (topic, last_watermark) VALUES ($1, 1)
-			ON CONFLICT (topic) DO UPDATE SET last_watermark = khala_topic_watermarks.last_watermark + 1
-			RETURNING last_watermark`, in.Topic).Scan(&wm); err != nil {
-			return fmt.Errorf("allocate watermark: %w", err)
-		}
-		if _, err := tx.Exec(ctx, `INSERT INTO khala_documents
-			(topic, doc_key, owner_sub, projection_version, runtime_source_seq, summary_hash, payload, updated_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, now())
-			ON CONFLICT (topic, doc_key) DO UPDATE SET owner_sub = excluded.owner_sub,
-				projection_version = excluded.projection_version, runtime_source_seq = excluded.runtime_source_seq,
-				summary_hash = excluded.summary_hash, payload = excluded.payload, updated_at = excluded.updated_at`,
-			in.Topic, in.DocKey, in.OwnerSub, in.Version, in.SourceSeq, in.Hash, string(doc)); err != nil {
-			return fmt.Errorf("upsert document: %w", err)
-		}
-		if _, err := tx.Exec(ctx, `INSERT INTO khala_stream_events
-			(topic, watermark, doc_key, owner_sub, doc_version, payload, payload_hash)
-			VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-			in.Topic, wm, in.DocKey, in.OwnerSub, in.SourceSeq, string(doc), runs.PayloadHash(doc)); err != nil {
-			return fmt.Errorf("append stream row: %w", err)
-		}
-		// The WHERE catches a checkpoint inserted concurrently after our
-		// "no checkpoint" read (the row lock above cannot cover a missing row).
-		tag, err := tx.Exec(ctx, `INSERT INTO khala_projection_checkpoints
-			(projection, entity_id, doc_key, last_seq, summary_hash, projection_version, updated_at)
-			VALUES ($1, $2, $3, $4, $5, $6, now())
-			ON CONFLICT (projection, entity_id) DO UPDATE SET doc_key = excluded.doc_key,
-				last_seq = excluded.last_seq, summary_hash = excluded.summary_hash,
-				projection_version = excluded.projection_version, updated_at = excluded.updated_at
-			WHERE $7 OR khala_projection_checkpoints.last_seq = $8`,
-			in.Projection, in.EntityID, in.DocKey, in.SourceSeq, in.Hash, in.Version, in.Force, in.ExpectSeq)
-		if err != nil {
-			return fmt.Errorf("upsert checkpoint: %w", err)
-		}
-		if tag.RowsAffected() == 0 {
-			return fmt.Errorf("checkpoint created concurrently: %w", store.ErrConflict)
-		}
-		return nil
-	})
+	err = s.pool.QueryRow(ctx, `SELECT oa_write_projection($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
+		in.Projection, in.EntityID, in.Topic, in.DocKey, in.OwnerSub, in.Version, in.SourceSeq, in.Hash,
+		string(doc), runs.PayloadHash(doc), in.Force, in.ExpectSeq).Scan(&wm)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == sqlstateProjectionConflict {
+		return 0, fmt.Errorf("postgres: write projection %s/%s: %s: %w", in.Projection, in.EntityID, pgErr.Message, store.ErrConflict)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("postgres: write projection %s/%s: %w", in.Projection, in.EntityID, err)
 	}
 	return wm, nil
 }
+
+// sqlstateProjectionConflict is raised by oa_write_projection when the
+// checkpoint precondition fails (migration 00060).
+const sqlstateProjectionConflict = "OA002"
 
 const checkpointCols = `projection, entity_id, doc_key, last_seq, summary_hash, projection_version, updated_at`
 
@@ -241,12 +206,27 @@ func (s *Store) ProjectionCandidates(ctx context.Context, q store.CandidateQuery
 		t := q.AfterUpdatedAt.UTC()
 		after = &t
 	}
-	rows, err := s.pool.Query(ctx, `SELECT r.run_id, r.latest_seq, c.last_seq, r.updated_at
-		FROM runs r LEFT JOIN khala_projection_checkpoints c
-			ON c.projection = 'run' AND c.entity_id = r.run_id
-		WHERE ($1::timestamptz IS NULL OR r.updated_at > $1 OR (r.updated_at = $1 AND r.run_id > $2))
-			AND (c.entity_id IS NULL OR c.last_seq <> r.latest_seq OR c.projection_version <> $3)
-		ORDER BY r.updated_at, r.run_id LIMIT $4`, after, q.AfterRunID, q.Version, q.Limit)
+	// Two statements rather than one with "$1 IS NULL OR ...": a generic
+	// plan for that cannot use the updated_at index, so every incremental
+	// walk would read every run. The checkpoint is looked up per run (the
+	// LIMIT keeps the planner from turning the lateral into a join): a walk
+	// reads runs in index order and stops at the page size, whatever the
+	// statistics of young, fast-growing tables say.
+	const candidates = `SELECT r.run_id, r.latest_seq, c.last_seq, r.updated_at
+		FROM runs r LEFT JOIN LATERAL (
+			SELECT last_seq, projection_version FROM khala_projection_checkpoints
+			WHERE projection = 'run' AND entity_id = r.run_id LIMIT 1) c ON true
+		WHERE %s (c.last_seq IS NULL OR c.last_seq <> r.latest_seq OR c.projection_version <> $1)
+		ORDER BY r.updated_at, r.run_id LIMIT $2`
+	var (
+		rows pgx.Rows
+		err  error
+	)
+	if after == nil {
+		rows, err = s.pool.Query(ctx, fmt.Sprintf(candidates, ""), q.Version, q.Limit)
+	} else {
+		rows, err = s.pool.Query(ctx, fmt.Sprintf(candidates, "r.updated_at >= $3 AND (r.updated_at, r.run_id) > ($3, $4) AND"), q.Version, q.Limit, *after, q.AfterRunID)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("postgres: projection candidates: %w", err)
 	}

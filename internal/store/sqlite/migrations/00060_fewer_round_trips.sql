@@ -1,5 +1,5 @@
--- PostgreSQL's 00060 adds oa_append_fast, the one-round-trip append. SQLite
--- runs in-process, where a statement costs no round trip, so there is
+-- PostgreSQL's 00060 adds functions that save round trips on the hot
+-- paths. SQLite runs in-process, where a statement costs none, so there is
 -- nothing to add; this migration keeps the schema versions of the two
 -- drivers in step (build_info reports schema_version).
 
