@@ -34,7 +34,8 @@ func scanEvent(row pgx.Row) (store.Event, error) {
 const maxNotifyPayload = 7900
 
 // notify queues a notice on the store's channel; PostgreSQL delivers it
-// only when tx commits, so listeners never see uncommitted writes.
+// only when tx commits, so listeners never see uncommitted writes. For the
+// rare worker writes; run writes go through the notifier, after commit.
 func (s *Store) notify(ctx context.Context, tx pgx.Tx, n store.Notice) error {
 	b, err := json.Marshal(n)
 	if err != nil {
@@ -72,13 +73,15 @@ func (s *Store) AppendEvent(ctx context.Context, in store.AppendInput) (store.Ev
 	}
 	if !replay {
 		s.heads.put(in.RunID, head{seq: ev.Seq, hash: ev.EventHash, status: status})
+		s.notes.publish(store.Notice{Kind: store.NoticeEvent, RunID: in.RunID, Seq: ev.Seq})
 	}
 	return ev, replay, nil
 }
 
 // appendTx performs one append inside tx, in the order the contract fixes:
 // idempotency replay, fence, expected seq, state machine, insert, run update.
-// It also returns the run's status after the append.
+// It also returns the run's status after the append. The caller publishes
+// the notice once tx committed.
 func (s *Store) appendTx(ctx context.Context, tx pgx.Tx, in store.AppendInput) (store.Event, bool, string, error) {
 	eventType := strings.TrimSpace(in.EventType)
 	if eventType == "" {
@@ -204,9 +207,6 @@ func (s *Store) appendTx(ctx context.Context, tx pgx.Tx, in store.AppendInput) (
 			WHERE run_id = $1 AND state = 'held'`, in.RunID); err != nil {
 			return store.Event{}, false, "", fmt.Errorf("release lease of the finished run: %w", err)
 		}
-	}
-	if err := s.notify(ctx, tx, store.Notice{Kind: store.NoticeEvent, RunID: in.RunID, Seq: seq}); err != nil {
-		return store.Event{}, false, "", err
 	}
 	return ev, false, out.Status, nil
 }

@@ -106,10 +106,6 @@ func (s *Store) appendFast(ctx context.Context, in store.AppendInput) (store.Eve
 	}
 	seq := hd.seq + 1
 	hash := runs.EventHash(in.RunID, seq, eventType, payload, hd.hash)
-	notice, err := json.Marshal(store.Notice{Kind: store.NoticeEvent, RunID: in.RunID, Seq: seq})
-	if err != nil || len(notice) > maxNotifyPayload {
-		return store.Event{}, false, nil
-	}
 	var owner string
 	var gen int64
 	if in.Fence != nil {
@@ -118,11 +114,11 @@ func (s *Store) appendFast(ctx context.Context, in store.AppendInput) (store.Eve
 	ev := store.Event{RunID: in.RunID, Seq: seq, EventType: eventType, Payload: json.RawMessage(payload),
 		PrevHash: hd.hash, EventHash: hash, IdempotencyKey: key, Trace: in.Trace}
 	var created pgtype.Timestamptz
-	err = s.pool.QueryRow(ctx, `SELECT oa_append_fast($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)`,
+	err = s.pool.QueryRow(ctx, `SELECT oa_append_fast($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)`,
 		in.RunID, seq, hd.hash, hd.status, eventType, string(payload), hash, key,
 		in.Trace.TraceParent, in.Trace.TraceState, in.Trace.RequestID,
 		out.Status, out.Terminal, out.ReasonClass, out.Reason, in.ProcessedFrameID,
-		in.Fence != nil, owner, gen, s.channel, string(notice)).Scan(&created)
+		in.Fence != nil, owner, gen).Scan(&created)
 	var pgErr *pgconn.PgError
 	switch {
 	case errors.As(err, &pgErr) && (pgErr.Code == sqlstateFenceLost || pgErr.Code == "23505"):
@@ -137,5 +133,6 @@ func (s *Store) appendFast(ctx context.Context, in store.AppendInput) (store.Eve
 	}
 	ev.CreatedAt = created.Time.UTC()
 	s.heads.put(in.RunID, head{seq: seq, hash: hash, status: out.Status})
+	s.notes.publish(store.Notice{Kind: store.NoticeEvent, RunID: in.RunID, Seq: seq})
 	return ev, true, nil
 }

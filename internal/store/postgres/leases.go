@@ -223,10 +223,11 @@ func (s *Store) ReclaimExpired(ctx context.Context, now time.Time, maxAttempts, 
 		var (
 			rec store.Reclaim
 			ok  bool
+			seq int64
 		)
 		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 			var err error
-			rec, ok, err = s.reclaimTx(ctx, tx, id, now, maxAttempts)
+			rec, ok, seq, err = s.reclaimTx(ctx, tx, id, now, maxAttempts)
 			return err
 		})
 		if err != nil {
@@ -234,28 +235,32 @@ func (s *Store) ReclaimExpired(ctx context.Context, now time.Time, maxAttempts, 
 		}
 		if ok {
 			out = append(out, rec)
+			s.heads.forget(id)
+			s.notes.publish(store.Notice{Kind: store.NoticeEvent, RunID: id, Seq: seq})
 		}
 	}
 	return out, nil
 }
 
-func (s *Store) reclaimTx(ctx context.Context, tx pgx.Tx, runID string, now time.Time, maxAttempts int) (store.Reclaim, bool, error) {
+// reclaimTx reclaims one expired lease inside tx; seq is the last event it
+// appended (the caller publishes its notice once tx committed).
+func (s *Store) reclaimTx(ctx context.Context, tx pgx.Tx, runID string, now time.Time, maxAttempts int) (rec store.Reclaim, ok bool, seq int64, err error) {
 	var (
 		owner             string
 		expires           time.Time
 		attempts          int
 		progress, lostSeq int64
 	)
-	err := tx.QueryRow(ctx, `
+	err = tx.QueryRow(ctx, `
 		SELECT l.owner, l.expires_at, r.recovery_attempts, l.last_progress_seq, l.lost_event_seq
 		FROM runs r JOIN run_leases l ON l.run_id = r.run_id
 		WHERE r.run_id = $1 AND l.state = 'held' AND l.expires_at < $2 AND r.status IN `+nonTerminal+`
 		FOR UPDATE OF r, l SKIP LOCKED`, runID, now).Scan(&owner, &expires, &attempts, &progress, &lostSeq)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return store.Reclaim{}, false, nil // taken by another janitor, renewed, or finished meanwhile
+		return store.Reclaim{}, false, 0, nil // taken by another janitor, renewed, or finished meanwhile
 	}
 	if err != nil {
-		return store.Reclaim{}, false, fmt.Errorf("lock expired lease: %w", err)
+		return store.Reclaim{}, false, 0, fmt.Errorf("lock expired lease: %w", err)
 	}
 	attempts++
 	if progress > lostSeq {
@@ -268,21 +273,22 @@ func (s *Store) reclaimTx(ctx context.Context, tx pgx.Tx, runID string, now time
 		"last_progress_seq": progress,
 	})
 	if err != nil {
-		return store.Reclaim{}, false, err
+		return store.Reclaim{}, false, 0, err
 	}
 	lost, _, _, err := s.appendTx(ctx, tx, store.AppendInput{RunID: runID, EventType: "run.executor_lost", Payload: payload})
 	if err != nil {
-		return store.Reclaim{}, false, fmt.Errorf("append run.executor_lost: %w", err)
+		return store.Reclaim{}, false, 0, fmt.Errorf("append run.executor_lost: %w", err)
 	}
 	if _, err := tx.Exec(ctx, `UPDATE run_leases SET state = 'reclaimed', lost_event_seq = $2 WHERE run_id = $1`,
 		runID, lost.Seq); err != nil {
-		return store.Reclaim{}, false, fmt.Errorf("mark lease reclaimed: %w", err)
+		return store.Reclaim{}, false, 0, fmt.Errorf("mark lease reclaimed: %w", err)
 	}
 	if _, err := tx.Exec(ctx, `UPDATE runs SET recovery_attempts = $2, last_recovery_at = $3 WHERE run_id = $1`,
 		runID, attempts, now); err != nil {
-		return store.Reclaim{}, false, fmt.Errorf("count recovery: %w", err)
+		return store.Reclaim{}, false, 0, fmt.Errorf("count recovery: %w", err)
 	}
-	rec := store.Reclaim{RunID: runID, Owner: owner, Attempts: attempts, Outcome: store.ReclaimResumed}
+	rec = store.Reclaim{RunID: runID, Owner: owner, Attempts: attempts, Outcome: store.ReclaimResumed}
+	seq = lost.Seq
 	if attempts > maxAttempts {
 		fin, err := runs.Canonical(map[string]any{
 			"status":       store.StatusFailed,
@@ -291,12 +297,14 @@ func (s *Store) reclaimTx(ctx context.Context, tx pgx.Tx, runID string, now time
 			"attempts":     attempts,
 		})
 		if err != nil {
-			return store.Reclaim{}, false, err
+			return store.Reclaim{}, false, 0, err
 		}
-		if _, _, _, err := s.appendTx(ctx, tx, store.AppendInput{RunID: runID, EventType: "run.finished", Payload: fin}); err != nil {
-			return store.Reclaim{}, false, fmt.Errorf("append run.finished: %w", err)
+		fev, _, _, err := s.appendTx(ctx, tx, store.AppendInput{RunID: runID, EventType: "run.finished", Payload: fin})
+		if err != nil {
+			return store.Reclaim{}, false, 0, fmt.Errorf("append run.finished: %w", err)
 		}
+		seq = fev.Seq
 		rec.Outcome = store.ReclaimExhausted
 	}
-	return rec, true, nil
+	return rec, true, seq, nil
 }

@@ -90,6 +90,8 @@ type Store struct {
 
 	// heads lets an append skip reading the run row (see appendFast).
 	heads heads
+	// notes sends the notices of committed run writes (see notifier).
+	notes *notifier
 
 	// Listener state across all Watch calls: ListenerUp is true when at least
 	// one Watch is active and all active ones are connected.
@@ -184,6 +186,12 @@ func Open(ctx context.Context, rawURL string, opts ...Option) (*Store, error) {
 		listenConfig: listenCfg,
 		done:         make(chan struct{}),
 	}
+	s.notes = newNotifier(s)
+	s.loops.Add(1)
+	go func() {
+		defer s.loops.Done()
+		s.notes.run(s.done)
+	}()
 	if cfg.migrate {
 		if err := s.Migrate(ctx); err != nil {
 			_ = s.Close()

@@ -223,13 +223,6 @@ func (s *Store) InsertFrame(ctx context.Context, in store.InsertFrameInput) (sto
 	// comes before the frame id is drawn, so the frames of a run commit in
 	// id order and the executor's cursor never skips one. A seen frame id or
 	// an unknown run takes the transaction below, which tells them apart.
-	notice, err := json.Marshal(store.Notice{Kind: store.NoticeFrame, RunID: in.RunID})
-	if err != nil {
-		return store.Frame{}, false, fmt.Errorf("postgres: insert frame: encode notice: %w", err)
-	}
-	if len(notice) > maxNotifyPayload {
-		notice, _ = json.Marshal(store.Notice{Kind: store.NoticeFrame})
-	}
 	frame, err := scanFrame(s.pool.QueryRow(ctx, `
 		WITH locked AS (
 			SELECT run_id FROM runs WHERE run_id = $1 FOR NO KEY UPDATE
@@ -239,10 +232,11 @@ func (s *Store) InsertFrame(ctx context.Context, in store.InsertFrameInput) (sto
 			ON CONFLICT (run_id, frame_id) DO NOTHING
 			RETURNING `+frameCols+`
 		)
-		SELECT `+frameCols+` FROM ins, LATERAL (SELECT pg_notify($9, $10)) AS n`,
+		SELECT `+frameCols+` FROM ins`,
 		in.RunID, in.FrameID, in.Type, string(payload), hash,
-		in.Trace.TraceParent, in.Trace.TraceState, in.Trace.RequestID, s.channel, string(notice)))
+		in.Trace.TraceParent, in.Trace.TraceState, in.Trace.RequestID))
 	if err == nil {
+		s.notes.publish(store.Notice{Kind: store.NoticeFrame, RunID: in.RunID})
 		return frame, true, nil
 	}
 	if !errors.Is(err, pgx.ErrNoRows) {
@@ -267,7 +261,7 @@ func (s *Store) InsertFrame(ctx context.Context, in store.InsertFrameInput) (sto
 			in.Trace.TraceParent, in.Trace.TraceState, in.Trace.RequestID))
 		if err == nil {
 			frame, inserted = f, true
-			return s.notify(ctx, tx, store.Notice{Kind: store.NoticeFrame, RunID: in.RunID})
+			return nil
 		}
 		if !errors.Is(err, pgx.ErrNoRows) {
 			return err
@@ -285,6 +279,9 @@ func (s *Store) InsertFrame(ctx context.Context, in store.InsertFrameInput) (sto
 	})
 	if err != nil {
 		return store.Frame{}, false, fmt.Errorf("postgres: insert frame %s/%s: %w", in.RunID, in.FrameID, err)
+	}
+	if inserted {
+		s.notes.publish(store.Notice{Kind: store.NoticeFrame, RunID: in.RunID})
 	}
 	return frame, inserted, nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -149,8 +150,10 @@ func (s *Store) watchLoop(ctx context.Context, cancel context.CancelFunc, ch cha
 		n, err := conn.WaitForNotification(wctx)
 		wcancel()
 		if err == nil {
-			if !send(parseNotice(n.Payload)) {
-				return
+			for _, x := range parseNotices(n.Payload) {
+				if !send(x) {
+					return
+				}
 			}
 			continue
 		}
@@ -173,12 +176,28 @@ func (s *Store) watchLoop(ctx context.Context, cancel context.CancelFunc, ch cha
 	}
 }
 
-// parseNotice decodes a notification; anything unreadable becomes a notice
-// for every run, which is always safe because readers re-read.
-func parseNotice(payload string) store.Notice {
-	var n store.Notice
-	if err := json.Unmarshal([]byte(payload), &n); err != nil || (n.Kind != store.NoticeEvent && n.Kind != store.NoticeFrame && n.Kind != store.NoticeWorker) {
-		return store.Notice{Kind: store.NoticeEvent}
+// parseNotices decodes a notification: a JSON array of notices (the
+// notifier's batches) or one notice (worker writes, and nodes of earlier
+// versions). Anything unreadable becomes a notice for every run, which is
+// always safe because readers re-read.
+func parseNotices(payload string) []store.Notice {
+	everyone := []store.Notice{{Kind: store.NoticeEvent}}
+	var ns []store.Notice
+	if strings.HasPrefix(payload, "[") {
+		if err := json.Unmarshal([]byte(payload), &ns); err != nil {
+			return everyone
+		}
+	} else {
+		var n store.Notice
+		if err := json.Unmarshal([]byte(payload), &n); err != nil {
+			return everyone
+		}
+		ns = []store.Notice{n}
 	}
-	return n
+	for i, n := range ns {
+		if n.Kind != store.NoticeEvent && n.Kind != store.NoticeFrame && n.Kind != store.NoticeWorker {
+			ns[i] = store.Notice{Kind: store.NoticeEvent}
+		}
+	}
+	return ns
 }

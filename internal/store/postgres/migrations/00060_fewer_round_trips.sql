@@ -14,7 +14,8 @@
 -- stale. A lost fence raises SQLSTATE OA001 so that the run update rolls
 -- back; a seen idempotency key raises unique_violation; both send the
 -- driver to the full path. Lock order (runs row, then lease row) is that
--- of the full path.
+-- of the full path. The driver sends the notice after the commit (see
+-- notifier.go), not from here.
 --
 -- oa_write_projection: one projection write (checkpoint precondition,
 -- watermark, document, stream row, checkpoint) in one call instead of a
@@ -29,8 +30,7 @@ CREATE FUNCTION oa_append_fast(
     p_traceparent text, p_tracestate text, p_request_id text,
     p_status text, p_terminal boolean, p_reason_class text, p_reason text,
     p_processed_frame_id bigint,
-    p_fenced boolean, p_owner text, p_generation bigint,
-    p_channel text, p_notice text
+    p_fenced boolean, p_owner text, p_generation bigint
 ) RETURNS timestamptz
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -70,7 +70,6 @@ BEGIN
     VALUES (p_run_id, p_seq, p_event_type, p_payload, p_prev_hash, p_hash,
         NULLIF(p_key, ''), p_traceparent, p_tracestate, p_request_id)
     RETURNING created_at INTO v_created;
-    PERFORM pg_notify(p_channel, p_notice);
     RETURN v_created;
 END
 $$;
