@@ -558,8 +558,8 @@ func oaruntimeOnly(ctx context.Context, c *common, dbURL, sweepFlag string, roun
 				o.close()
 				return err
 			}
-			logf("oaruntime concurrency %d round %d: %.1f runs/s, process %.3f ms/run, machine %.3f ms/run, projection tail %.2fs",
-				k, i, r.PerSecond, r.ProcessCPUMSPerItem, r.MachineCPUMSPerItem, r.ProjectionTailSeconds)
+			logf("oaruntime concurrency %d round %d: %.1f runs/s (submitted in %.2fs of %.2fs), process %.3f ms/run, machine %.3f ms/run, projection tail %.2fs",
+				k, i, r.PerSecond, r.SubmitSeconds, r.Seconds, r.ProcessCPUMSPerItem, r.MachineCPUMSPerItem, r.ProjectionTailSeconds)
 		}
 		o.close()
 	}
