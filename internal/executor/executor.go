@@ -229,12 +229,13 @@ func (e *Executor) claim(ctx context.Context) (full bool) {
 	}
 	for _, g := range grants {
 		e.d.Metrics.LeaseOp("acquire", g.Result)
-		e.spawn(ctx, g.Lease)
+		e.spawn(ctx, g)
 	}
 	return len(grants) == free
 }
 
-func (e *Executor) spawn(ctx context.Context, l store.Lease) {
+func (e *Executor) spawn(ctx context.Context, g store.LeaseGrant) {
+	l := g.Lease
 	runCtx, cancel := context.WithCancel(ctx)
 	e.mu.Lock()
 	e.running[l.RunID] = cancel
@@ -249,7 +250,7 @@ func (e *Executor) spawn(ctx context.Context, l store.Lease) {
 			cancel()
 			e.wake() // work may have arrived while we held the lease
 		}()
-		e.execute(runCtx, l)
+		e.execute(runCtx, g)
 	}()
 }
 
@@ -262,7 +263,8 @@ func (e *Executor) SetAbandonRate(rate float64) {
 }
 
 // execute runs one leased run, keeping the lease alive while it works.
-func (e *Executor) execute(ctx context.Context, l store.Lease) {
+func (e *Executor) execute(ctx context.Context, g store.LeaseGrant) {
+	l := g.Lease
 	if p := e.abandon.Load(); p > 0 && rand.Int64N(1e6) < p {
 		e.d.Logger.Warn("fault injection: abandoning claimed run", "run_id", l.RunID, "lease_owner", l.Owner)
 		return
@@ -275,7 +277,7 @@ func (e *Executor) execute(ctx context.Context, l store.Lease) {
 		defer close(keeperDone)
 		e.keepLease(runCtx, l, cancel, lost)
 	}()
-	res := e.RunOnce(runCtx, l)
+	res := e.runOnce(runCtx, l, g.Run, g.Next)
 	cancel()
 	<-keeperDone
 	select {

@@ -79,21 +79,37 @@ type runOptions struct {
 // RunOnce processes the leased run's pending frames until the run is terminal
 // or has no more input. Every write carries the lease's fencing token.
 func (e *Executor) RunOnce(ctx context.Context, l store.Lease) (res Result) {
+	return e.runOnce(ctx, l, nil, nil)
+}
+
+// runOnce is RunOnce starting from the run row and next frame the claim
+// read (pre nil: read them here).
+func (e *Executor) runOnce(ctx context.Context, l store.Lease, pre *store.Run, next *store.Frame) (res Result) {
 	start := time.Now()
 	r := &runner{e: e, lease: l, fence: l.Fence()}
-	// One read of the run and its next frame starts the pass; the frame's
-	// trace is the parent of run_once: the pass exists because that request
-	// sent input, so the pass (and run.started, appended before the frame is
-	// processed) belongs to its trace. A read error only loses the parent;
-	// run reports it.
-	run, runErr := e.d.Store.GetRun(ctx, l.RunID)
-	var next *store.Frame
-	if runErr == nil && !store.Terminal(run.Status) {
-		if fr, err := e.d.Store.NextFrame(ctx, l.RunID, run.LastProcessedFrameID); err == nil {
-			next = &fr
-			ctx = telemetry.ContextWithRemote(ctx, fr.Trace.TraceParent, fr.Trace.TraceState)
-			ctx = telemetry.WithRequestID(ctx, fr.Trace.RequestID)
+	// One read of the run and its next frame starts the pass (none when
+	// the claim read them); the frame's trace is the parent of run_once:
+	// the pass exists because that request sent input, so the pass (and
+	// run.started, appended before the frame is processed) belongs to its
+	// trace. A read error only loses the parent; run reports it.
+	var (
+		run    store.Run
+		runErr error
+	)
+	if pre != nil {
+		run = *pre
+	} else {
+		run, runErr = e.d.Store.GetRun(ctx, l.RunID)
+		next = nil
+		if runErr == nil && !store.Terminal(run.Status) {
+			if fr, err := e.d.Store.NextFrame(ctx, l.RunID, run.LastProcessedFrameID); err == nil {
+				next = &fr
+			}
 		}
+	}
+	if next != nil {
+		ctx = telemetry.ContextWithRemote(ctx, next.Trace.TraceParent, next.Trace.TraceState)
+		ctx = telemetry.WithRequestID(ctx, next.Trace.RequestID)
 	}
 	ctx, span := e.d.Tracer.Start(ctx, "run_once")
 	span.SetAttributes(attribute.String("run_id", l.RunID))

@@ -170,6 +170,12 @@ func (l Lease) Fence() *Fence { return &Fence{Owner: l.Owner, Generation: l.Gene
 type LeaseGrant struct {
 	Lease  Lease
 	Result string // LeaseAcquired, LeaseRenewed, LeaseStolen
+	// Run and Next, when a driver's ClaimRunnable sets Run, are the run row
+	// and its first pending frame (nil: none) as the claim read them, so
+	// that the executor starts without reading them again. Drivers may
+	// leave both nil; the executor then reads them itself.
+	Run  *Run
+	Next *Frame
 }
 
 // Reclaim is one janitor action on an expired lease.

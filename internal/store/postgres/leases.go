@@ -161,6 +161,8 @@ func (s *Store) ClaimRunnable(ctx context.Context, owner string, ttl time.Durati
 	if limit <= 0 {
 		return nil, nil
 	}
+	// The claim also returns each run's row and first pending frame, so
+	// that the executor starts without reading them again.
 	rows, err := s.pool.Query(ctx, `
 		WITH cand AS (
 			SELECT l.run_id, l.state AS prev_state
@@ -175,8 +177,14 @@ func (s *Store) ClaimRunnable(ctx context.Context, owner string, ttl time.Durati
 		)
 		UPDATE run_leases l SET state = 'held', owner = $1, generation = l.generation + 1,
 			expires_at = clock_timestamp() + $3 * interval '1 microsecond', heartbeat_at = clock_timestamp(), acquired_at = clock_timestamp()
-		FROM cand WHERE l.run_id = cand.run_id
-		RETURNING l.run_id, l.owner, l.generation, l.expires_at, cand.prev_state = 'reclaimed'`, owner, limit, us)
+		FROM cand JOIN runs r ON r.run_id = cand.run_id
+			LEFT JOIN LATERAL (
+				SELECT `+frameCols+` FROM frames
+				WHERE frames.run_id = r.run_id AND frames.id > r.last_processed_frame_id
+				ORDER BY frames.id LIMIT 1) nf ON true
+		WHERE l.run_id = cand.run_id
+		RETURNING l.run_id, l.owner, l.generation, l.expires_at, cand.prev_state = 'reclaimed', `+
+		qualify("r", runCols)+`, `+qualify("nf", frameCols), owner, limit, us)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: claim runnable for %s: %w", owner, err)
 	}
@@ -184,14 +192,21 @@ func (s *Store) ClaimRunnable(ctx context.Context, owner string, ttl time.Durati
 		var (
 			g      store.LeaseGrant
 			stolen bool
+			run    runScanner
+			next   nullFrameScanner
 		)
-		err := r.Scan(&g.Lease.RunID, &g.Lease.Owner, &g.Lease.Generation, &g.Lease.ExpiresAt, &stolen)
+		dest := append([]any{&g.Lease.RunID, &g.Lease.Owner, &g.Lease.Generation, &g.Lease.ExpiresAt, &stolen}, run.dest()...)
+		if err := r.Scan(append(dest, next.dest()...)...); err != nil {
+			return g, err
+		}
 		g.Lease.ExpiresAt = g.Lease.ExpiresAt.UTC()
 		g.Result = store.LeaseAcquired
 		if stolen {
 			g.Result = store.LeaseStolen
 		}
-		return g, err
+		rr := run.run()
+		g.Run, g.Next = &rr, next.frame()
+		return g, nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("postgres: claim runnable for %s: %w", owner, err)

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -20,25 +21,37 @@ const runCols = `run_id, thread_id, owner_sub, status, latest_seq,
 	last_processed_frame_id, retention_floor_seq, recovery_attempts, last_recovery_at,
 	created_at, updated_at`
 
+// runScanner holds one row of runCols while it is scanned.
+type runScanner struct {
+	r                                store.Run
+	prov, tools, authz, schema, meta []byte
+	terminalAt, lastRecovery         *time.Time
+}
+
+func (x *runScanner) dest() []any {
+	r := &x.r
+	return []any{&r.RunID, &r.ThreadID, &r.OwnerSub, &r.Status, &r.LatestSeq,
+		&x.prov, &x.tools, &x.authz, &x.schema, &x.meta,
+		&r.TerminalReasonClass, &r.TerminalReason, &x.terminalAt,
+		&r.LastProcessedFrameID, &r.RetentionFloorSeq, &r.RecoveryAttempts, &x.lastRecovery,
+		&r.CreatedAt, &r.UpdatedAt}
+}
+
+func (x *runScanner) run() store.Run {
+	r := x.r
+	r.Provider, r.Tools, r.Authorization = rawOrNil(x.prov), rawOrNil(x.tools), rawOrNil(x.authz)
+	r.OutputSchema, r.Metadata = rawOrNil(x.schema), rawOrNil(x.meta)
+	r.TerminalAt, r.LastRecoveryAt = utcPtr(x.terminalAt), utcPtr(x.lastRecovery)
+	r.CreatedAt, r.UpdatedAt = r.CreatedAt.UTC(), r.UpdatedAt.UTC()
+	return r
+}
+
 func scanRun(row pgx.Row) (store.Run, error) {
-	var (
-		r                                store.Run
-		prov, tools, authz, schema, meta []byte
-		terminalAt, lastRecovery         *time.Time
-	)
-	err := row.Scan(&r.RunID, &r.ThreadID, &r.OwnerSub, &r.Status, &r.LatestSeq,
-		&prov, &tools, &authz, &schema, &meta,
-		&r.TerminalReasonClass, &r.TerminalReason, &terminalAt,
-		&r.LastProcessedFrameID, &r.RetentionFloorSeq, &r.RecoveryAttempts, &lastRecovery,
-		&r.CreatedAt, &r.UpdatedAt)
-	if err != nil {
+	var x runScanner
+	if err := row.Scan(x.dest()...); err != nil {
 		return store.Run{}, err
 	}
-	r.Provider, r.Tools, r.Authorization = rawOrNil(prov), rawOrNil(tools), rawOrNil(authz)
-	r.OutputSchema, r.Metadata = rawOrNil(schema), rawOrNil(meta)
-	r.TerminalAt, r.LastRecoveryAt = utcPtr(terminalAt), utcPtr(lastRecovery)
-	r.CreatedAt, r.UpdatedAt = r.CreatedAt.UTC(), r.UpdatedAt.UTC()
-	return r, nil
+	return x.run(), nil
 }
 
 func rawOrNil(b []byte) json.RawMessage {
@@ -182,6 +195,36 @@ func (s *Store) GetRun(ctx context.Context, runID string) (store.Run, error) {
 
 const frameCols = `id, run_id, frame_id, frame_type, payload, payload_hash,
 	traceparent, tracestate, request_id, created_at`
+
+// qualify prefixes each column of a column list with alias.
+func qualify(alias, cols string) string {
+	parts := strings.Split(cols, ",")
+	for i, c := range parts {
+		parts[i] = alias + "." + strings.TrimSpace(c)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// nullFrameScanner scans frameCols that may all be NULL (no frame).
+type nullFrameScanner struct {
+	id                                     *int64
+	runID, frameID, typ, hash, tp, ts, rid *string
+	payload                                []byte
+	created                                *time.Time
+}
+
+func (x *nullFrameScanner) dest() []any {
+	return []any{&x.id, &x.runID, &x.frameID, &x.typ, &x.payload, &x.hash, &x.tp, &x.ts, &x.rid, &x.created}
+}
+
+func (x *nullFrameScanner) frame() *store.Frame {
+	if x.id == nil {
+		return nil
+	}
+	return &store.Frame{ID: *x.id, RunID: *x.runID, FrameID: *x.frameID, Type: *x.typ, Payload: json.RawMessage(x.payload),
+		PayloadHash: *x.hash, Trace: store.TraceContext{TraceParent: *x.tp, TraceState: *x.ts, RequestID: *x.rid},
+		CreatedAt: x.created.UTC()}
+}
 
 func scanFrame(row pgx.Row) (store.Frame, error) {
 	var f store.Frame

@@ -1057,6 +1057,26 @@ func testClaimRunnable(t *testing.T, s store.Store) {
 			t.Fatalf("grant %+v, want result %s generation %d owner me", g, wantResult, wantGen)
 		}
 		checkTime(t, "claimed expires_at", g.Lease.ExpiresAt)
+		// A driver that returns the run with the claim returns what a read
+		// right after it gives: the row and the first pending frame.
+		if g.Run != nil {
+			if got, want := fmt.Sprintf("%+v", *g.Run), fmt.Sprintf("%+v", mustGet(t, s, g.Lease.RunID)); got != want {
+				t.Fatalf("claimed run %s:\n got %s\nwant %s", g.Lease.RunID, got, want)
+			}
+			next, err := s.NextFrame(ctx, g.Lease.RunID, g.Run.LastProcessedFrameID)
+			switch {
+			case errors.Is(err, store.ErrNotFound):
+				if g.Next != nil {
+					t.Fatalf("claimed run %s: next frame %+v, want none", g.Lease.RunID, *g.Next)
+				}
+			case err != nil:
+				t.Fatalf("NextFrame: %v", err)
+			case g.Next == nil || fmt.Sprintf("%+v", *g.Next) != fmt.Sprintf("%+v", next):
+				t.Fatalf("claimed run %s: next frame %+v, want %+v", g.Lease.RunID, g.Next, next)
+			}
+		} else if g.Next != nil {
+			t.Fatalf("claimed run %s: a next frame without the run", g.Lease.RunID)
+		}
 		// A claim is a real lease: others are held off and the fence works.
 		_, err := s.AcquireLease(ctx, g.Lease.RunID, "intruder", longTTL)
 		wantErr(t, "AcquireLease of a claimed run", err, store.ErrLeaseHeld)
