@@ -90,6 +90,7 @@ type api struct {
 	now          func() time.Time
 	fault        func(r *http.Request) error
 	receipt      func(ctx context.Context, run store.Run) (id, hash string, err error)
+	idents       runIdents
 
 	mux      *http.ServeMux
 	patterns map[string]struct{}

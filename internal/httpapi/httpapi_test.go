@@ -714,3 +714,49 @@ func TestOversizedBodyIsLabelledByRoute(t *testing.T) {
 		t.Fatalf("413 counted under the route %v times, want 1", n)
 	}
 }
+
+// Frames and events check access from the run identity the node remembers
+// (created here, or read once); the answers must be those of a read.
+func TestWriteAccessFromRememberedIdentity(t *testing.T) {
+	e := newEnv(t)
+	run := e.createRun("run-ident") // remembered by the create
+	for _, w := range []struct {
+		name, path string
+		body       func(i int) map[string]any
+		ok         int
+	}{
+		{"frames", "/internal/v1/runs/" + run.RunID + "/frames", func(i int) map[string]any {
+			return map[string]any{"frame_id": fmt.Sprintf("f%d", i), "type": "user_message", "payload": map[string]any{"text": "hi"}}
+		}, http.StatusAccepted},
+		{"events", "/internal/v1/runs/" + run.RunID + "/events", func(i int) map[string]any {
+			return map[string]any{"event_type": "run.delta", "payload": map[string]any{"i": i}}
+		}, http.StatusCreated},
+	} {
+		t.Run(w.name, func(t *testing.T) {
+			cases := []struct {
+				name   string
+				opts   []reqOpt
+				status int
+				msg    string
+			}{
+				{"owner", nil, w.ok, ""},
+				{"other principal", []reqOpt{as(other)}, 403, "run does not belong to principal"},
+				{"token bound to another run", []reqOpt{as(owner, func(c *auth.Claims) { c.RunID = "x" })}, 403, "claim mismatch for run_id"},
+				{"token bound to another thread", []reqOpt{as(owner, func(c *auth.Claims) { c.ThreadID = "x" })}, 403, "claim mismatch for thread_id"},
+				{"token bound to this run and thread", []reqOpt{as(owner, func(c *auth.Claims) { c.RunID = run.RunID; c.ThreadID = "thread-1" })}, w.ok, ""},
+			}
+			for i, tc := range cases {
+				rw := e.do("POST", w.path, w.body(i), tc.opts...)
+				wantStatus(t, rw, tc.status)
+				if tc.msg != "" {
+					if env := decodeErr(t, rw); env.Error.Code != CodeForbidden || !strings.Contains(env.Error.Message, tc.msg) {
+						t.Fatalf("%s: envelope %+v", tc.name, env)
+					}
+				}
+			}
+		})
+	}
+	// A run this node never saw is read: unknown is 404.
+	rw := e.do("POST", "/internal/v1/runs/missing/frames", map[string]any{"frame_id": "f", "type": "user_message", "payload": map[string]any{}})
+	wantStatus(t, rw, http.StatusNotFound)
+}

@@ -113,6 +113,7 @@ func (a *api) createRun(w http.ResponseWriter, r *http.Request) *APIError {
 	if err != nil {
 		return a.storeError(r, "create_run", err)
 	}
+	a.idents.put(run)
 	status := http.StatusOK
 	if created {
 		status = http.StatusCreated
@@ -141,7 +142,7 @@ type frameResponse struct {
 }
 
 func (a *api) postFrame(w http.ResponseWriter, r *http.Request) *APIError {
-	run, aerr := a.loadRun(r)
+	run, aerr := a.loadRunIdent(r)
 	if aerr != nil {
 		return aerr
 	}
@@ -178,7 +179,7 @@ type eventResponse struct {
 }
 
 func (a *api) postEvent(w http.ResponseWriter, r *http.Request) *APIError {
-	run, aerr := a.loadRun(r)
+	run, aerr := a.loadRunIdent(r)
 	if aerr != nil {
 		return aerr
 	}
