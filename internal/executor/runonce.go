@@ -260,6 +260,12 @@ func (r *runner) frame(ctx context.Context, fr store.Frame) (Result, bool) {
 }
 
 func (r *runner) finish(ctx context.Context, status, reasonClass, reason string, fr store.Frame, extra map[string]any) Result {
+	return r.finishAfter(ctx, nil, status, reasonClass, reason, fr, extra)
+}
+
+// finishAfter appends before (when set) and run.finished in one
+// transaction: the final answer and the end of the run commit together.
+func (r *runner) finishAfter(ctx context.Context, before *pending, status, reasonClass, reason string, fr store.Frame, extra map[string]any) Result {
 	payload := map[string]any{"status": status, "reason_class": reasonClass, "reason": reason}
 	if fr.FrameID != "" {
 		payload["frame_id"] = fr.FrameID
@@ -267,10 +273,15 @@ func (r *runner) finish(ctx context.Context, status, reasonClass, reason string,
 	for k, v := range extra {
 		payload[k] = v
 	}
-	ev, err := r.append(ctx, "run.finished", payload, "run.finished", fr.ID, fr.Trace)
+	ps := []pending{{"run.finished", payload, "run.finished", fr.ID, fr.Trace}}
+	if before != nil {
+		ps = append([]pending{*before}, ps...)
+	}
+	evs, err := r.appendAll(ctx, ps...)
 	if err != nil {
 		return r.fail(err)
 	}
+	ev := evs[len(evs)-1]
 	// Whatever is still reserved belongs to calls that will never settle.
 	// A run without a spend authorization never reserved anything.
 	if _, present, _ := spend.ParseAuthorization(r.run_.Authorization); present {
@@ -320,41 +331,89 @@ func errClass(err error) string {
 	}
 }
 
-// append writes one event under the lease. Payloads are sanitized before
-// hashing; the idempotency key makes a re-execution after a crash a replay.
-func (r *runner) append(ctx context.Context, eventType string, payload map[string]any, key string, processedFrame int64, tc store.TraceContext) (store.Event, error) {
-	raw, err := json.Marshal(payload)
+// pending is an event the runner is about to append.
+type pending struct {
+	eventType      string
+	payload        map[string]any
+	key            string
+	processedFrame int64
+	trace          store.TraceContext
+}
+
+// input builds the store input of p under the lease. Payloads are
+// sanitized before hashing; the idempotency key makes a re-execution after
+// a crash a replay.
+func (r *runner) input(ctx context.Context, p pending) (store.AppendInput, error) {
+	raw, err := json.Marshal(p.payload)
 	if err != nil {
-		return store.Event{}, fmt.Errorf("encode %s payload: %w", eventType, err)
+		return store.AppendInput{}, fmt.Errorf("encode %s payload: %w", p.eventType, err)
 	}
 	clean, err := runs.SanitizeJSON(raw)
 	if err != nil {
-		return store.Event{}, fmt.Errorf("sanitize %s payload: %w", eventType, err)
+		return store.AppendInput{}, fmt.Errorf("sanitize %s payload: %w", p.eventType, err)
 	}
 	canon, err := runs.CanonicalizeRaw(clean)
 	if err != nil {
-		return store.Event{}, err
+		return store.AppendInput{}, err
 	}
+	tc := p.trace
 	if tc.TraceParent == "" {
 		tc.TraceParent, tc.TraceState = telemetry.Inject(ctx)
 	}
 	if tc.RequestID == "" {
 		tc.RequestID = telemetry.RequestID(ctx)
 	}
-	ev, _, err := r.e.d.Store.AppendEvent(ctx, store.AppendInput{
-		RunID: r.lease.RunID, EventType: eventType, Payload: canon, IdempotencyKey: key,
-		Fence: r.fence, ProcessedFrameID: processedFrame, Trace: tc,
-	})
+	return store.AppendInput{
+		RunID: r.lease.RunID, EventType: p.eventType, Payload: canon, IdempotencyKey: p.key,
+		Fence: r.fence, ProcessedFrameID: p.processedFrame, Trace: tc,
+	}, nil
+}
+
+// append writes one event under the lease.
+func (r *runner) append(ctx context.Context, eventType string, payload map[string]any, key string, processedFrame int64, tc store.TraceContext) (store.Event, error) {
+	evs, err := r.appendAll(ctx, pending{eventType, payload, key, processedFrame, tc})
 	if err != nil {
-		return ev, fmt.Errorf("append %s: %w", eventType, err)
+		return store.Event{}, err
+	}
+	return evs[0], nil
+}
+
+// appendAll writes consecutive events under the lease in one transaction
+// (one round trip and one commit on PostgreSQL), all or none.
+func (r *runner) appendAll(ctx context.Context, ps ...pending) ([]store.Event, error) {
+	ins := make([]store.AppendInput, len(ps))
+	for i, p := range ps {
+		in, err := r.input(ctx, p)
+		if err != nil {
+			return nil, err
+		}
+		ins[i] = in
+	}
+	var evs []store.Event
+	if len(ins) == 1 {
+		ev, _, err := r.e.d.Store.AppendEvent(ctx, ins[0])
+		if err != nil {
+			return nil, fmt.Errorf("append %s: %w", ins[0].EventType, err)
+		}
+		evs = []store.Event{ev}
+	} else {
+		res, err := r.e.d.Store.AppendEvents(ctx, ins)
+		if err != nil {
+			return nil, fmt.Errorf("append %d events: %w", len(ins), err)
+		}
+		for _, x := range res {
+			evs = append(evs, x.Event)
+		}
 	}
 	r.ownMu.Lock()
 	if r.ownSeq == nil {
 		r.ownSeq = map[int64]bool{}
 	}
-	r.ownSeq[ev.Seq] = true
+	for _, ev := range evs {
+		r.ownSeq[ev.Seq] = true
+	}
 	r.ownMu.Unlock()
-	return ev, nil
+	return evs, nil
 }
 
 // priorEvents reads the run's log once: the events a previous execution
@@ -482,8 +541,12 @@ func (r *runner) turn(ctx context.Context, fr store.Frame, p map[string]any) (Re
 			if r.keepOpen() && len(violations) == 0 {
 				cursor = fr.ID
 			}
+			var answer *pending
 			if resp.Answer != "" || len(resp.Deltas) == 0 || cursor != 0 {
-				if _, err := r.append(ctx, "run.delta", map[string]any{"delta": resp.Answer, "frame_id": fr.FrameID, "final": true, "model_response": shape}, key(call, "a"), cursor, fr.Trace); err != nil {
+				answer = &pending{"run.delta", map[string]any{"delta": resp.Answer, "frame_id": fr.FrameID, "final": true, "model_response": shape}, key(call, "a"), cursor, fr.Trace}
+			}
+			if answer != nil && (len(violations) > 0 || cursor != 0) {
+				if _, err := r.appendAll(ctx, *answer); err != nil {
 					return r.fail(err), true
 				}
 			}
@@ -497,7 +560,8 @@ func (r *runner) turn(ctx context.Context, fr store.Frame, p map[string]any) (Re
 			if schema != nil {
 				extra = map[string]any{"output_schema": map[string]any{"valid": true}}
 			}
-			return r.finish(ctx, store.StatusSucceeded, "completed", "input answered", fr, extra), true
+			// The answer and run.finished commit together.
+			return r.finishAfter(ctx, answer, store.StatusSucceeded, "completed", "input answered", fr, extra), true
 		}
 		assistant := provider.Message{Role: "assistant", ToolCalls: resp.ToolCalls}
 		msgs = append(msgs, assistant)

@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -126,6 +127,25 @@ type AppendInput struct {
 	Trace               TraceContext
 }
 
+// AppendResult is one event of AppendEvents; Replay as AppendEvent's.
+type AppendResult struct {
+	Event  Event
+	Replay bool
+}
+
+// CheckSameRun is AppendEvents' input check, shared by the drivers.
+func CheckSameRun(in []AppendInput) error {
+	if len(in) == 0 {
+		return errors.New("no events to append")
+	}
+	for _, x := range in[1:] {
+		if x.RunID != in[0].RunID {
+			return fmt.Errorf("events of runs %q and %q in one append: one run per call", in[0].RunID, x.RunID)
+		}
+	}
+	return nil
+}
+
 // Frame is an input to a run (user message, cancel, finish, fail).
 type Frame struct {
 	ID          int64           `json:"id"` // row id, monotonically increasing per store
@@ -224,6 +244,10 @@ type Store interface {
 	// (the original event is returned) or when it is a same-status repeat of a
 	// terminal run.finished (the existing run.finished is returned).
 	AppendEvent(ctx context.Context, in AppendInput) (ev Event, replay bool, err error)
+	// AppendEvents appends events to one run in order, in one transaction:
+	// each exactly as AppendEvent would (replays included), and all of them
+	// or none. Every input must name the same run.
+	AppendEvents(ctx context.Context, in []AppendInput) ([]AppendResult, error)
 	// ListEvents returns up to limit events with seq > afterSeq in seq order.
 	ListEvents(ctx context.Context, runID string, afterSeq int64, limit int) ([]Event, error)
 	// FindEventByType returns the latest event of the given type, or ErrNotFound.

@@ -78,6 +78,59 @@ func (s *Store) AppendEvent(ctx context.Context, in store.AppendInput) (store.Ev
 	return ev, replay, nil
 }
 
+// AppendEvents implements store.Store.
+func (s *Store) AppendEvents(ctx context.Context, in []store.AppendInput) ([]store.AppendResult, error) {
+	if err := store.CheckSameRun(in); err != nil {
+		return nil, fmt.Errorf("postgres: append events: %w", err)
+	}
+	if evs, done, err := s.appendFastMany(ctx, in); done {
+		if err != nil {
+			return nil, err
+		}
+		out := make([]store.AppendResult, len(evs))
+		for i, ev := range evs {
+			out[i] = store.AppendResult{Event: ev}
+		}
+		return out, nil
+	}
+	var (
+		out    []store.AppendResult
+		status string
+	)
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		out = out[:0]
+		for _, x := range in {
+			ev, replay, st, err := s.appendTx(ctx, tx, x)
+			if err != nil {
+				return fmt.Errorf("%s: %w", strings.TrimSpace(x.EventType), err)
+			}
+			out = append(out, store.AppendResult{Event: ev, Replay: replay})
+			if !replay {
+				status = st
+			}
+		}
+		return nil
+	})
+	runID := in[0].RunID
+	if err != nil {
+		s.heads.forget(runID)
+		return nil, fmt.Errorf("postgres: append events to run %s: %w", runID, err)
+	}
+	var notices []store.Notice
+	var last *store.Event
+	for i := range out {
+		if !out[i].Replay {
+			last = &out[i].Event
+			notices = append(notices, store.Notice{Kind: store.NoticeEvent, RunID: runID, Seq: last.Seq})
+		}
+	}
+	if last != nil {
+		s.heads.put(runID, head{seq: last.Seq, hash: last.EventHash, status: status})
+		s.notes.publish(notices...)
+	}
+	return out, nil
+}
+
 // appendTx performs one append inside tx, in the order the contract fixes:
 // idempotency replay, fence, expected seq, state machine, insert, run update.
 // It also returns the run's status after the append. The caller publishes

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 
@@ -70,39 +71,43 @@ func (h *heads) forget(runID string) {
 // holds the lease (migration 00060).
 const sqlstateFenceLost = "OA001"
 
-// appendFast tries the one-round-trip append (oa_append_fast) from the
-// remembered head. ok=false means the fast path did not apply and nothing
-// was written: the caller takes the full path, which decides every
-// outcome (replays, fences, sequence conflicts, illegal transitions) the
-// way the contract says. ok=true with an error is a failure of the call
-// itself (for example a broken connection), reported as is.
-func (s *Store) appendFast(ctx context.Context, in store.AppendInput) (store.Event, bool, error) {
-	hd, known := s.heads.get(in.RunID)
-	if !known {
-		return store.Event{}, false, nil
-	}
+// fastAppend is one append computed from a remembered head: the event as
+// it will be stored, the arguments of oa_append_fast and the head after it.
+type fastAppend struct {
+	ev   store.Event
+	args []any
+	next head
+}
+
+const appendFastSQL = `SELECT oa_append_fast($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)`
+
+// prepareFast computes in as the successor of hd. ok=false when the quick
+// path does not apply (invalid input, an expected seq that does not match,
+// a transition the state machine refuses or replays): the full path then
+// decides, exactly as the contract says.
+func prepareFast(hd head, in store.AppendInput) (fastAppend, bool) {
 	eventType := strings.TrimSpace(in.EventType)
 	key := strings.TrimSpace(in.IdempotencyKey)
 	if eventType == "" || !storable(in.RunID) {
-		return store.Event{}, false, nil
+		return fastAppend{}, false
 	}
 	if checkText("event_type", eventType, "idempotency_key", key, "traceparent", in.Trace.TraceParent,
 		"tracestate", in.Trace.TraceState, "request_id", in.Trace.RequestID) != nil {
-		return store.Event{}, false, nil
+		return fastAppend{}, false
 	}
 	if in.Fence != nil && checkText("fence owner", in.Fence.Owner) != nil {
-		return store.Event{}, false, nil
+		return fastAppend{}, false
 	}
 	if in.ExpectedPreviousSeq != nil && *in.ExpectedPreviousSeq != hd.seq {
-		return store.Event{}, false, nil
+		return fastAppend{}, false
 	}
 	payload, err := runs.CanonicalizeRaw(in.Payload)
 	if err != nil {
-		return store.Event{}, false, nil
+		return fastAppend{}, false
 	}
 	out, err := runs.Transition(hd.status, eventType, payload)
 	if err != nil || out.Idempotent {
-		return store.Event{}, false, nil
+		return fastAppend{}, false
 	}
 	seq := hd.seq + 1
 	hash := runs.EventHash(in.RunID, seq, eventType, payload, hd.hash)
@@ -111,28 +116,93 @@ func (s *Store) appendFast(ctx context.Context, in store.AppendInput) (store.Eve
 	if in.Fence != nil {
 		owner, gen = in.Fence.Owner, in.Fence.Generation
 	}
-	ev := store.Event{RunID: in.RunID, Seq: seq, EventType: eventType, Payload: json.RawMessage(payload),
-		PrevHash: hd.hash, EventHash: hash, IdempotencyKey: key, Trace: in.Trace}
-	var created pgtype.Timestamptz
-	err = s.pool.QueryRow(ctx, `SELECT oa_append_fast($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)`,
-		in.RunID, seq, hd.hash, hd.status, eventType, string(payload), hash, key,
-		in.Trace.TraceParent, in.Trace.TraceState, in.Trace.RequestID,
-		out.Status, out.Terminal, out.ReasonClass, out.Reason, in.ProcessedFrameID,
-		in.Fence != nil, owner, gen).Scan(&created)
+	return fastAppend{
+		ev: store.Event{RunID: in.RunID, Seq: seq, EventType: eventType, Payload: json.RawMessage(payload),
+			PrevHash: hd.hash, EventHash: hash, IdempotencyKey: key, Trace: in.Trace},
+		args: []any{in.RunID, seq, hd.hash, hd.status, eventType, string(payload), hash, key,
+			in.Trace.TraceParent, in.Trace.TraceState, in.Trace.RequestID,
+			out.Status, out.Terminal, out.ReasonClass, out.Reason, in.ProcessedFrameID,
+			in.Fence != nil, owner, gen},
+		next: head{seq: seq, hash: hash, status: out.Status},
+	}, true
+}
+
+// fallBack reports whether err from oa_append_fast means "let the full path
+// decide" (a lost fence, a seen idempotency key) rather than a failure.
+func fallBack(err error) bool {
 	var pgErr *pgconn.PgError
-	switch {
-	case errors.As(err, &pgErr) && (pgErr.Code == sqlstateFenceLost || pgErr.Code == "23505"):
-		s.heads.forget(in.RunID) // lost fence or a seen key: the full path answers
-		return store.Event{}, false, nil
-	case err != nil:
-		s.heads.forget(in.RunID)
-		return store.Event{}, true, fmt.Errorf("postgres: append %s to run %s: %w", eventType, in.RunID, err)
-	case !created.Valid:
-		s.heads.forget(in.RunID) // someone else moved the head
-		return store.Event{}, false, nil
+	return errors.As(err, &pgErr) && (pgErr.Code == sqlstateFenceLost || pgErr.Code == "23505")
+}
+
+// appendFast tries the one-round-trip append (oa_append_fast) from the
+// remembered head. ok=false means the fast path did not apply and nothing
+// was written: the caller takes the full path, which decides every
+// outcome (replays, fences, sequence conflicts, illegal transitions) the
+// way the contract says. ok=true with an error is a failure of the call
+// itself (for example a broken connection), reported as is.
+func (s *Store) appendFast(ctx context.Context, in store.AppendInput) (store.Event, bool, error) {
+	evs, ok, err := s.appendFastMany(ctx, []store.AppendInput{in})
+	if !ok || err != nil {
+		return store.Event{}, ok, err
 	}
-	ev.CreatedAt = created.Time.UTC()
-	s.heads.put(in.RunID, head{seq: seq, hash: hash, status: out.Status})
-	s.notes.publish(store.Notice{Kind: store.NoticeEvent, RunID: in.RunID, Seq: seq})
-	return ev, true, nil
+	return evs[0], true, nil
+}
+
+// appendFastMany is appendFast for consecutive events of one run, in one
+// round trip and one (implicit) transaction: all of them or none.
+func (s *Store) appendFastMany(ctx context.Context, in []store.AppendInput) ([]store.Event, bool, error) {
+	hd, known := s.heads.get(in[0].RunID)
+	if !known {
+		return nil, false, nil
+	}
+	calls := make([]fastAppend, 0, len(in))
+	for _, x := range in {
+		c, ok := prepareFast(hd, x)
+		if !ok {
+			return nil, false, nil
+		}
+		calls = append(calls, c)
+		hd = c.next
+	}
+	created := make([]pgtype.Timestamptz, len(calls))
+	var err error
+	if len(calls) == 1 {
+		err = s.pool.QueryRow(ctx, appendFastSQL, calls[0].args...).Scan(&created[0])
+	} else {
+		// A batch without BEGIN is one implicit transaction: an error in
+		// any call rolls back every one.
+		b := &pgx.Batch{}
+		for i, c := range calls {
+			b.Queue(appendFastSQL, c.args...).QueryRow(func(row pgx.Row) error { return row.Scan(&created[i]) })
+		}
+		err = s.pool.SendBatch(ctx, b).Close()
+	}
+	runID := in[0].RunID
+	switch {
+	case fallBack(err):
+		s.heads.forget(runID) // lost fence or a seen key: the full path answers
+		return nil, false, nil
+	case err != nil:
+		s.heads.forget(runID)
+		return nil, true, fmt.Errorf("postgres: append %s to run %s: %w", calls[0].ev.EventType, runID, err)
+	}
+	// The first call finds the remembered head or nothing, and each later
+	// one follows the one before under the same row lock: either all
+	// applied or none did.
+	for _, c := range created {
+		if !c.Valid {
+			s.heads.forget(runID) // someone else moved the head
+			return nil, false, nil
+		}
+	}
+	evs := make([]store.Event, len(calls))
+	notices := make([]store.Notice, len(calls))
+	for i, c := range calls {
+		evs[i] = c.ev
+		evs[i].CreatedAt = created[i].Time.UTC()
+		notices[i] = store.Notice{Kind: store.NoticeEvent, RunID: runID, Seq: c.ev.Seq}
+	}
+	s.heads.put(runID, hd)
+	s.notes.publish(notices...)
+	return evs, true, nil
 }

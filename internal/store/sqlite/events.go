@@ -58,6 +58,29 @@ func (s *Store) AppendEvent(ctx context.Context, in store.AppendInput) (store.Ev
 	return ev, replay, nil
 }
 
+// AppendEvents implements store.Store.
+func (s *Store) AppendEvents(ctx context.Context, in []store.AppendInput) ([]store.AppendResult, error) {
+	if err := store.CheckSameRun(in); err != nil {
+		return nil, fmt.Errorf("sqlite: append events: %w", err)
+	}
+	out := make([]store.AppendResult, 0, len(in))
+	err := s.write(ctx, func(tx *sql.Tx, notify func(store.Notice)) error {
+		out = out[:0]
+		for _, x := range in {
+			ev, replay, err := s.appendTx(ctx, tx, x, notify)
+			if err != nil {
+				return fmt.Errorf("%s: %w", strings.TrimSpace(x.EventType), err)
+			}
+			out = append(out, store.AppendResult{Event: ev, Replay: replay})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: append events to run %s: %w", in[0].RunID, err)
+	}
+	return out, nil
+}
+
 // appendTx is the whole append inside the caller's write transaction, in the
 // order the contract fixes: idempotency replay, fence, expected seq, state
 // machine, chain, run row.

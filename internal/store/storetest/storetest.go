@@ -53,6 +53,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Leases", testLeases},
 		{"LeaseSteal", testLeaseSteal},
 		{"TerminalReleasesLease", testTerminalReleasesLease},
+		{"AppendEvents", testAppendEvents},
 		{"ClaimRunnable", testClaimRunnable},
 		{"ClaimRunnableConcurrent", testClaimRunnableConcurrent},
 		{"ReclaimExpired", testReclaimExpired},
@@ -972,6 +973,70 @@ func testTerminalReleasesLease(t *testing.T, s store.Store) {
 		// Another owner acquires (neither held nor stolen): the live lease
 		// was released.
 		mustAcquire(t, s, id, "b", longTTL, store.LeaseAcquired)
+	}
+}
+
+// AppendEvents: consecutive events in one transaction, each as AppendEvent
+// would append it, all or none.
+func testAppendEvents(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	mustRun(t, s, "run-1")
+	l := mustAcquire(t, s, "run-1", "a", longTTL, store.LeaseAcquired)
+	mustAppend(t, s, store.AppendInput{RunID: "run-1", EventType: "run.started", Fence: l.Fence()})
+	batch := []store.AppendInput{
+		{RunID: "run-1", EventType: "run.delta", Payload: json.RawMessage(`{"delta":"hi","final":true}`), IdempotencyKey: "k-answer", Fence: l.Fence()},
+		{RunID: "run-1", EventType: "run.finished", Payload: json.RawMessage(`{"status":"succeeded","reason_class":"completed","reason":"done"}`), IdempotencyKey: "run.finished", Fence: l.Fence()},
+	}
+	res, err := s.AppendEvents(ctx, batch)
+	if err != nil {
+		t.Fatalf("AppendEvents: %v", err)
+	}
+	if len(res) != 2 || res[0].Replay || res[1].Replay || res[0].Event.Seq != 2 || res[1].Event.Seq != 3 {
+		t.Fatalf("AppendEvents = %+v, want new events 2 and 3", res)
+	}
+	evs, err := s.ListEvents(ctx, "run-1", 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	verifyChain(t, "run-1", evs)
+	for i, r := range res {
+		if got := evs[i+1]; got.EventHash != r.Event.EventHash || !got.CreatedAt.Equal(r.Event.CreatedAt) || got.IdempotencyKey != r.Event.IdempotencyKey {
+			t.Fatalf("returned event %+v, stored %+v", r.Event, got)
+		}
+	}
+	if r := mustGet(t, s, "run-1"); r.Status != store.StatusSucceeded || r.LatestSeq != 3 {
+		t.Fatalf("run after the batch: %+v", r)
+	}
+	// The same batch again replays both.
+	again, err := s.AppendEvents(ctx, batch)
+	if err != nil || len(again) != 2 || !again[0].Replay || !again[1].Replay || again[1].Event.Seq != 3 {
+		t.Fatalf("repeated AppendEvents = %+v, %v; want two replays", again, err)
+	}
+
+	// All or none: a refused second event leaves the first unwritten.
+	mustRun(t, s, "run-2")
+	mustAppend(t, s, store.AppendInput{RunID: "run-2", EventType: "run.started"})
+	wrong := int64(99)
+	_, err = s.AppendEvents(ctx, []store.AppendInput{
+		{RunID: "run-2", EventType: "run.delta", Payload: json.RawMessage(`{"i":1}`)},
+		{RunID: "run-2", EventType: "run.delta", Payload: json.RawMessage(`{"i":2}`), ExpectedPreviousSeq: &wrong},
+	})
+	wantErr(t, "AppendEvents with a wrong expected seq on the second event", err, store.ErrSeqConflict)
+	_, err = s.AppendEvents(ctx, []store.AppendInput{
+		{RunID: "run-2", EventType: "run.delta", Payload: json.RawMessage(`{"i":1}`)},
+		{RunID: "run-2", EventType: "run.finished", Payload: json.RawMessage(`{"status":"bogus"}`)},
+	})
+	wantErr(t, "AppendEvents with an illegal second event", err, store.ErrIllegalTransition)
+	if r := mustGet(t, s, "run-2"); r.LatestSeq != 1 {
+		t.Fatalf("after refused batches the run has latest_seq %d, want 1 (nothing written)", r.LatestSeq)
+	}
+	// One run per call; an empty call is refused.
+	mustRun(t, s, "run-3")
+	if _, err := s.AppendEvents(ctx, []store.AppendInput{{RunID: "run-2", EventType: "run.delta"}, {RunID: "run-3", EventType: "run.delta"}}); err == nil {
+		t.Fatal("AppendEvents across two runs succeeded")
+	}
+	if _, err := s.AppendEvents(ctx, nil); err == nil {
+		t.Fatal("AppendEvents of nothing succeeded")
 	}
 }
 
