@@ -478,6 +478,7 @@ func (p *Projector) walk(ctx context.Context, now time.Time, kind string) {
 	sinkDown := false
 	// run projects one task; ok false ends the walk, sinkFailed reports a
 	// real sink failure.
+	var account func(err error) (ok, sinkFailed bool)
 	run := func(tk task) (ok, sinkFailed bool) {
 		if sinkDown {
 			tk.summary = false
@@ -489,6 +490,9 @@ func (p *Projector) walk(ctx context.Context, now time.Time, kind string) {
 		if !alive {
 			return false, false
 		}
+		return account(err)
+	}
+	account = func(err error) (ok, sinkFailed bool) {
 		switch {
 		case err != nil && isSinkFailure(err):
 			failures++
@@ -527,9 +531,27 @@ func (p *Projector) walk(ctx context.Context, now time.Time, kind string) {
 			todo = append(todo, tk)
 		}
 		p.mu.Unlock()
-		for _, tk := range todo {
-			if ok, _ := run(tk); !ok {
+		if bs, ok := p.batchSink(kind); ok && len(todo) > 1 {
+			// Run summaries of a page go to the sink in one call.
+			var ids []string
+			for _, tk := range todo {
+				if tk.summary {
+					ids = append(ids, tk.id)
+				}
+			}
+			if ctx.Err() != nil {
 				return
+			}
+			for _, err := range p.projectRunBatch(ctx, bs, ids) {
+				if ok, _ := account(err); !ok {
+					return
+				}
+			}
+		} else {
+			for _, tk := range todo {
+				if ok, _ := run(tk); !ok {
+					return
+				}
 			}
 		}
 		if len(page) < q.Limit {
@@ -590,6 +612,20 @@ func (p *Projector) walk(ctx context.Context, now time.Time, kind string) {
 			return
 		}
 	}
+}
+
+// batchSink returns the sink as a BatchSink when a walk of kind may write
+// in batches: run summaries, a sink that batches, and no fault delay (which
+// paces writes one by one).
+func (p *Projector) batchSink(kind string) (BatchSink, bool) {
+	if kind != store.ProjectionRun {
+		return nil, false
+	}
+	p.mu.Lock()
+	delay := p.delay
+	p.mu.Unlock()
+	bs, ok := p.sink.(BatchSink)
+	return bs, ok && delay == 0
 }
 
 // dueLocked reports whether k is not waiting out a backoff. p.mu is held.
@@ -653,6 +689,14 @@ func (p *Projector) retryLaterLocked(k entityKey) {
 // is lost.
 func (p *Projector) ProjectRun(ctx context.Context, runID string) (Outcome, error) {
 	out, err := p.project(ctx, runID, false)
+	p.settleRun(runID, out, err)
+	return out, err
+}
+
+// settleRun records the outcome of a run projection: a success clears the
+// retry (and parking, unless the checkpoint is ahead), a failure schedules
+// the next attempt.
+func (p *Projector) settleRun(runID string, out Outcome, err error) {
 	k := entityKey{store.ProjectionRun, runID}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -667,11 +711,31 @@ func (p *Projector) ProjectRun(ctx context.Context, runID string) (Outcome, erro
 	default:
 		p.retryLaterLocked(k)
 	}
-	return out, err
 }
 
-func (p *Projector) project(ctx context.Context, runID string, force bool) (out Outcome, err error) {
-	out = Outcome{EntityID: runID, DocKey: RunDocKey(runID)}
+func (p *Projector) project(ctx context.Context, runID string, force bool) (Outcome, error) {
+	pr := p.prepareRun(ctx, runID, force)
+	if pr.err != nil || pr.in == nil {
+		pr.end(pr.err)
+		return pr.out, pr.err
+	}
+	wm, err := p.sinkWrite(pr.ctx, *pr.in)
+	return p.finishRun(pr, wm, err)
+}
+
+// preparedRun is a run projection up to its write.
+type preparedRun struct {
+	ctx context.Context // in the trace of the run's last event, inside the write's span
+	end func(error)     // ends the span
+	out Outcome
+	w   summaryWrite
+	in  *store.ProjectionWriteInput // nil: nothing to write (see out), or err
+	err error
+}
+
+// prepareRun reads, rebuilds and decides one run's summary.
+func (p *Projector) prepareRun(ctx context.Context, runID string, force bool) (pr preparedRun) {
+	pr = preparedRun{ctx: ctx, end: func(error) {}, out: Outcome{EntityID: runID, DocKey: RunDocKey(runID)}}
 	// The checkpoint is read before the log: the log only grows and a
 	// checkpoint only names a seq that was in it, so reading in this order
 	// a concurrent writer (replica) can never make a checkpoint look ahead
@@ -679,33 +743,95 @@ func (p *Projector) project(ctx context.Context, runID string, force bool) (out 
 	// precondition instead and is re-decided.
 	cp, err := p.checkpoint(ctx, store.ProjectionRun, runID)
 	if err != nil {
-		return out, err
+		pr.err = err
+		return pr
 	}
 	run, events, err := p.st.LoadRunLog(ctx, runID)
 	if err != nil {
-		return out, fmt.Errorf("load run %s: %w", runID, err)
+		pr.err = fmt.Errorf("load run %s: %w", runID, err)
+		return pr
 	}
 	if n := len(events); n > 0 {
 		last := events[n-1].Trace
 		ctx = p.continueTrace(ctx, last)
 	}
-	ctx, end := p.span(ctx, telemetry.ProjectionRunSummary, run.LatestSeq)
-	defer func() { end(err) }()
+	pr.ctx, pr.end = p.span(ctx, telemetry.ProjectionRunSummary, run.LatestSeq)
 
 	var prev *RunSummary
 	if n := len(events); run.LatestSeq > 0 && (n == 0 || events[n-1].Seq != run.LatestSeq) {
-		prev = p.previousSummary(ctx, runID)
+		prev = p.previousSummary(pr.ctx, runID)
 	}
 	sum, gaps := BuildRunSummary(run, events, p.cfg.Version, prev, p.cfg.Now())
 	doc, hash, err := encodeSummary(sum)
 	if err != nil {
-		return out, err
+		pr.err = err
+		return pr
 	}
-	err = p.decideAndWrite(ctx, &out, cp, summaryWrite{
+	pr.w = summaryWrite{
 		kind: store.ProjectionRun, metric: telemetry.ProjectionRunSummary, topic: store.TopicRunSummaries,
 		owner: run.OwnerSub, latest: run.LatestSeq, seq: sum.LatestSeq, doc: doc, hash: hash, gaps: gaps,
-	}, force)
-	return out, err
+	}
+	pr.in = p.decide(pr.ctx, &pr.out, cp, pr.w, force)
+	return pr
+}
+
+// finishRun is a run projection after its write.
+func (p *Projector) finishRun(pr preparedRun, wm int64, err error) (Outcome, error) {
+	err = p.written(pr.ctx, &pr.out, pr.w, wm, err)
+	pr.end(err)
+	return pr.out, err
+}
+
+// projectRunBatch projects several runs with one sink call for all their
+// writes (one transaction on PostgreSQL instead of one per run). Each
+// run's outcome is settled as ProjectRun would; results are in ids' order.
+func (p *Projector) projectRunBatch(ctx context.Context, bs BatchSink, ids []string) []error {
+	errs := make([]error, len(ids))
+	prs := make([]preparedRun, len(ids))
+	var ins []store.ProjectionWriteInput
+	var at []int // index in ids of each input
+	for i, id := range ids {
+		prs[i] = p.prepareRun(ctx, id, false)
+		if prs[i].err == nil && prs[i].in != nil {
+			if p.injectFailure() {
+				// finishRun records out.Result "error", which the loop
+				// below takes as settled.
+				_, errs[i] = p.finishRun(prs[i], 0, &SinkError{Class: ClassSinkException, Err: errors.New("injected projection fault"), Injected: true})
+				p.settleRun(id, prs[i].out, errs[i])
+				prs[i].in = nil
+				continue
+			}
+			ins = append(ins, *prs[i].in)
+			at = append(at, i)
+		}
+	}
+	handled := make([]bool, len(ids))
+	if len(ins) > 0 {
+		wms, werrs := bs.WriteBatch(ctx, ins)
+		for j, i := range at {
+			_, errs[i] = p.finishRun(prs[i], wms[j], werrs[j])
+			p.settleRun(ids[i], prs[i].out, errs[i])
+			handled[i] = true
+		}
+	}
+	for i, pr := range prs {
+		if handled[i] || pr.in != nil {
+			continue
+		}
+		// Nothing to write: the read failed, the decision was to skip, or
+		// the injected fault was settled above.
+		if pr.err != nil || pr.out.Result != "error" {
+			errs[i] = pr.err
+			pr.end(pr.err)
+			p.settleRun(ids[i], pr.out, pr.err)
+		}
+	}
+	for i, err := range errs {
+		if err != nil && ctx.Err() == nil {
+			p.log.WarnContext(ctx, "khala projection write failed", "projection", store.ProjectionRun, "entity_id", ids[i], "err", err)
+		}
+	}
+	return errs
 }
 
 // checkpoint reads an entity's checkpoint; nil when it has none.
@@ -766,6 +892,26 @@ type summaryWrite struct {
 // checkpoint advances only with a successful write. force (reprojection)
 // always writes.
 func (p *Projector) decideAndWrite(ctx context.Context, out *Outcome, cp *store.Checkpoint, w summaryWrite, force bool) error {
+	in := p.decide(ctx, out, cp, w, force)
+	if in == nil {
+		return nil
+	}
+	wm, err := p.sinkWrite(ctx, *in)
+	return p.written(ctx, out, w, wm, err)
+}
+
+// sinkWrite writes one document through the sink, or fails it when a
+// fault is injected.
+func (p *Projector) sinkWrite(ctx context.Context, in store.ProjectionWriteInput) (int64, error) {
+	if p.injectFailure() {
+		return 0, &SinkError{Class: ClassSinkException, Err: errors.New("injected projection fault"), Injected: true}
+	}
+	return p.sink.Write(ctx, in)
+}
+
+// decide is decideAndWrite up to the write: the input to write, or nil
+// when the decision is to skip (out records it).
+func (p *Projector) decide(ctx context.Context, out *Outcome, cp *store.Checkpoint, w summaryWrite, force bool) *store.ProjectionWriteInput {
 	key := entityKey{w.kind, out.EntityID}
 	out.Seq, out.Hash, out.Gaps = w.seq, w.hash, w.gaps
 	cpSeq := int64(-1)
@@ -823,15 +969,13 @@ func (p *Projector) decideAndWrite(ctx context.Context, out *Outcome, cp *store.
 		// moved backwards.
 		Force: force && cp != nil && cp.LastSeq > w.seq,
 	}
-	var (
-		wm  int64
-		err error
-	)
-	if p.injectFailure() {
-		err = &SinkError{Class: ClassSinkException, Err: errors.New("injected projection fault"), Injected: true}
-	} else {
-		wm, err = p.sink.Write(ctx, in)
-	}
+	return &in
+}
+
+// written is decideAndWrite after the write: metrics, the write's log line
+// and the outcome of the sink's answer.
+func (p *Projector) written(ctx context.Context, out *Outcome, w summaryWrite, wm int64, err error) error {
+	key := entityKey{w.kind, out.EntityID}
 	switch {
 	case err == nil:
 		out.Result, out.Watermark = "ok", wm

@@ -3,7 +3,9 @@ package projection
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -358,6 +360,73 @@ func TestExportRowsOfOtherProcesses(t *testing.T) {
 		New(st, nil, nil, m2, Config{Serving: true}).Cycle(ctx)
 		if got := metricValue(t, reg2, telemetry.KhalaProjectionReplays, nil); got != 0 {
 			t.Fatalf("second replica counted %v replays", got)
+		}
+	})
+}
+
+// countingBatchSink records how the projector calls a batch-capable sink.
+type countingBatchSink struct {
+	BuiltinSink
+	mu      sync.Mutex
+	batches []int
+	singles int
+}
+
+func (c *countingBatchSink) Write(ctx context.Context, in store.ProjectionWriteInput) (int64, error) {
+	c.mu.Lock()
+	c.singles++
+	c.mu.Unlock()
+	return c.BuiltinSink.Write(ctx, in)
+}
+
+func (c *countingBatchSink) WriteBatch(ctx context.Context, ins []store.ProjectionWriteInput) ([]int64, []error) {
+	c.mu.Lock()
+	c.batches = append(c.batches, len(ins))
+	c.mu.Unlock()
+	return c.BuiltinSink.WriteBatch(ctx, ins)
+}
+
+// A walk hands a page of run summaries to a batch sink in one call, and
+// every run ends exactly as if written one by one: checkpoint at the log's
+// head, a document, metrics counted per run. Runs already in sync are
+// skipped, not rewritten.
+func TestWalkWritesRunSummariesInBatches(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, st testStore, exec func(*testing.T, string)) {
+		ctx := context.Background()
+		sink := &countingBatchSink{BuiltinSink: BuiltinSink{Store: st}}
+		m, reg := newMetrics(t)
+		p := New(st, sink, nil, m, Config{Serving: true, BatchSize: 50})
+		const n = 30
+		for i := range n {
+			mkRun(t, st, fmt.Sprintf("r%02d", i), "run.started", "run.delta")
+		}
+		p.Cycle(ctx)
+		total := 0
+		for _, b := range sink.batches {
+			total += b
+		}
+		if sink.singles != 0 || total != n || len(sink.batches) == 0 || sink.batches[0] < 2 {
+			t.Fatalf("sink calls: batches %v, single writes %d; want %d summaries in batches", sink.batches, sink.singles, n)
+		}
+		for i := range n {
+			id := fmt.Sprintf("r%02d", i)
+			cp, ok := checkpoint(t, st, id)
+			if !ok || cp.LastSeq != 2 {
+				t.Fatalf("run %s: checkpoint %+v (found %t), want seq 2", id, cp, ok)
+			}
+			if _, err := st.GetDocument(ctx, store.TopicRunSummaries, RunDocKey(id)); err != nil {
+				t.Fatalf("run %s: document: %v", id, err)
+			}
+		}
+		if got := metricValue(t, reg, "openagents_runtime_khala_projection_writes_total", map[string]string{"result": "ok"}); got != n {
+			t.Fatalf("writes ok = %v, want %d", got, n)
+		}
+		// One run moves on; the next walk writes it alone and skips the rest.
+		appendEv(t, st, "r07", "run.delta")
+		sink.batches = nil
+		p.Cycle(ctx)
+		if cp, _ := checkpoint(t, st, "r07"); cp.LastSeq != 3 || sink.singles+len(sink.batches) == 0 {
+			t.Fatalf("after one more event: checkpoint %+v, batches %v, singles %d", cp, sink.batches, sink.singles)
 		}
 	})
 }

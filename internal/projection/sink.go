@@ -56,6 +56,19 @@ type Sink interface {
 	Write(ctx context.Context, in store.ProjectionWriteInput) (int64, error)
 }
 
+// BatchSink is a Sink that can write several documents in one call (one
+// transaction where the store allows it). Results are per input, in order,
+// with the meaning of Write's.
+type BatchSink interface {
+	Sink
+	WriteBatch(ctx context.Context, ins []store.ProjectionWriteInput) ([]int64, []error)
+}
+
+// BatchWriter is a store that writes several projections at once.
+type BatchWriter interface {
+	WriteProjections(ctx context.Context, ins []store.ProjectionWriteInput) ([]int64, []error)
+}
+
 // BuiltinSink writes document, stream row and checkpoint in one store
 // transaction (the default, OA_KHALA_SINK=builtin).
 type BuiltinSink struct {
@@ -72,6 +85,25 @@ func (b BuiltinSink) Write(ctx context.Context, in store.ProjectionWriteInput) (
 		return 0, &SinkError{Class: ClassSinkException, Err: err}
 	}
 	return wm, err
+}
+
+// WriteBatch implements BatchSink: one store call when the store writes
+// batches, one per document otherwise.
+func (b BuiltinSink) WriteBatch(ctx context.Context, ins []store.ProjectionWriteInput) ([]int64, []error) {
+	wms, errs := make([]int64, len(ins)), make([]error, len(ins))
+	if bw, ok := b.Store.(BatchWriter); ok {
+		wms, errs = bw.WriteProjections(ctx, ins)
+	} else {
+		for i, in := range ins {
+			wms[i], errs[i] = b.Store.WriteProjection(ctx, in)
+		}
+	}
+	for i, err := range errs {
+		if err != nil && !errors.Is(err, store.ErrConflict) {
+			wms[i], errs[i] = 0, &SinkError{Class: ClassSinkException, Err: err}
+		}
+	}
+	return wms, errs
 }
 
 // MutationPath is where the HTTP sink posts, relative to OA_KHALA_URL: the

@@ -205,6 +205,26 @@ type wakeSink struct {
 	svc *Service
 }
 
+// wakeBatchSink is wakeSink around a sink that writes batches; it keeps
+// that ability visible to the projector.
+type wakeBatchSink struct {
+	wakeSink
+	batch interface {
+		WriteBatch(ctx context.Context, ins []store.ProjectionWriteInput) ([]int64, []error)
+	}
+}
+
+func (w wakeBatchSink) WriteBatch(ctx context.Context, ins []store.ProjectionWriteInput) ([]int64, []error) {
+	wms, errs := w.batch.WriteBatch(ctx, ins)
+	for i, wm := range wms {
+		if errs[i] == nil && wm > 0 {
+			w.svc.Wake()
+			break
+		}
+	}
+	return wms, errs
+}
+
 func (w wakeSink) Write(ctx context.Context, in store.ProjectionWriteInput) (int64, error) {
 	wm, err := w.Sink.Write(ctx, in)
 	if err == nil && wm > 0 {
@@ -216,7 +236,15 @@ func (w wakeSink) Write(ctx context.Context, in store.ProjectionWriteInput) (int
 // WakeOnWrite wraps the projector's sink so that every stream row it writes
 // wakes this service at once. Stream rows are written after the event that
 // caused them, so the store's event notices arrive too early to carry them.
-func (s *Service) WakeOnWrite(sink Sink) Sink { return wakeSink{Sink: sink, svc: s} }
+func (s *Service) WakeOnWrite(sink Sink) Sink {
+	w := wakeSink{Sink: sink, svc: s}
+	if b, ok := sink.(interface {
+		WriteBatch(ctx context.Context, ins []store.ProjectionWriteInput) ([]int64, []error)
+	}); ok {
+		return wakeBatchSink{wakeSink: w, batch: b}
+	}
+	return w
+}
 
 // snapshot returns the current head watermarks (never mutated; do not write)
 // and a channel closed at the next change.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -147,5 +148,39 @@ func TestAppendFastPathDefersToFullPath(t *testing.T) {
 	r, err := a.GetRun(ctx, "r1")
 	if err != nil || r.LatestSeq != 3 || r.Status != store.StatusRunning {
 		t.Fatalf("run after the appends: %+v %v", r, err)
+	}
+}
+
+// WriteProjections: a batch is one transaction; when one write fails its
+// precondition, the others are still written one by one and only that one
+// reports the conflict.
+func TestWriteProjectionsBatchAndFallback(t *testing.T) {
+	s := newTestStore(t)
+	ctx := context.Background()
+	in := func(id string, seq, expect int64) store.ProjectionWriteInput {
+		return store.ProjectionWriteInput{Projection: store.ProjectionRun, EntityID: id, Topic: store.TopicRunSummaries,
+			DocKey: "run:" + id, OwnerSub: "user:1", Doc: json.RawMessage(fmt.Sprintf(`{"seq":%d}`, seq)),
+			Hash: strings.Repeat("a", 64), Version: "v1", SourceSeq: seq, ExpectSeq: expect}
+	}
+	wms, errs := s.WriteProjections(ctx, []store.ProjectionWriteInput{in("a", 1, -1), in("b", 1, -1), in("c", 1, -1)})
+	for i, err := range errs {
+		if err != nil || wms[i] != int64(i+1) {
+			t.Fatalf("batch write %d: watermark %d, %v; want %d", i, wms[i], err, i+1)
+		}
+	}
+	// b's writer decided from a stale checkpoint (none): a conflict, while
+	// a and c advance.
+	wms, errs = s.WriteProjections(ctx, []store.ProjectionWriteInput{in("a", 2, 1), in("b", 2, -1), in("c", 2, 1)})
+	if errs[0] != nil || errs[2] != nil || !errors.Is(errs[1], store.ErrConflict) {
+		t.Fatalf("errors %v, want only the second to conflict", errs)
+	}
+	if wms[0] == 0 || wms[2] == 0 || wms[1] != 0 {
+		t.Fatalf("watermarks %v", wms)
+	}
+	for id, want := range map[string]int64{"a": 2, "b": 1, "c": 2} {
+		cp, err := s.GetCheckpoint(ctx, store.ProjectionRun, id)
+		if err != nil || cp.LastSeq != want {
+			t.Fatalf("checkpoint of %s: %+v %v, want seq %d", id, cp, err, want)
+		}
 	}
 }

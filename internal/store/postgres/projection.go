@@ -88,6 +88,41 @@ func (s *Store) WriteProjection(ctx context.Context, in store.ProjectionWriteInp
 	return wm, nil
 }
 
+// WriteProjections writes several projections in one round trip and one
+// transaction (the projector's batch; see projection.BatchWriter). When any
+// of them fails, none is kept and each is written on its own, so every
+// input gets the answer WriteProjection would give it.
+func (s *Store) WriteProjections(ctx context.Context, ins []store.ProjectionWriteInput) ([]int64, []error) {
+	wms, errs := make([]int64, len(ins)), make([]error, len(ins))
+	if len(ins) == 0 {
+		return wms, errs
+	}
+	b := &pgx.Batch{}
+	ok := true
+	for i, in := range ins {
+		if checkWriteInput(in) != nil {
+			ok = false
+			break
+		}
+		doc, err := runs.CanonicalizeRaw(in.Doc)
+		if err != nil {
+			ok = false
+			break
+		}
+		b.Queue(`SELECT oa_write_projection($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
+			in.Projection, in.EntityID, in.Topic, in.DocKey, in.OwnerSub, in.Version, in.SourceSeq, in.Hash,
+			string(doc), runs.PayloadHash(doc), in.Force, in.ExpectSeq).QueryRow(func(row pgx.Row) error { return row.Scan(&wms[i]) })
+	}
+	// A batch without BEGIN is one implicit transaction: all or none.
+	if ok && s.pool.SendBatch(ctx, b).Close() == nil {
+		return wms, errs
+	}
+	for i, in := range ins {
+		wms[i], errs[i] = s.WriteProjection(ctx, in)
+	}
+	return wms, errs
+}
+
 // sqlstateProjectionConflict is raised by oa_write_projection when the
 // checkpoint precondition fails (migration 00060).
 const sqlstateProjectionConflict = "OA002"
