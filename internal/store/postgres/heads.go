@@ -189,11 +189,22 @@ func (s *Store) appendFastMany(ctx context.Context, in []store.AppendInput) ([]s
 	// The first call finds the remembered head or nothing, and each later
 	// one follows the one before under the same row lock: either all
 	// applied or none did.
+	valid := 0
 	for _, c := range created {
-		if !c.Valid {
-			s.heads.forget(runID) // someone else moved the head
-			return nil, false, nil
+		if c.Valid {
+			valid++
 		}
+	}
+	switch valid {
+	case 0:
+		s.heads.forget(runID) // someone else moved the head
+		return nil, false, nil
+	case len(created):
+	default:
+		// Cannot happen (see above); never retry on the full path, which
+		// would append the applied ones again.
+		s.heads.forget(runID)
+		return nil, true, fmt.Errorf("postgres: append to run %s: %d of %d events applied", runID, valid, len(created))
 	}
 	evs := make([]store.Event, len(calls))
 	notices := make([]store.Notice, len(calls))
