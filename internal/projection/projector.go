@@ -723,6 +723,37 @@ func (p *Projector) project(ctx context.Context, runID string, force bool) (Outc
 	return p.finishRun(pr, wm, err)
 }
 
+// CheckpointedLogLoader is a store that reads a run's checkpoint and its
+// log in one snapshot and one round trip. One snapshot is as safe as the
+// checkpoint-then-log order: a checkpoint only names a seq that was in the
+// log when it committed.
+type CheckpointedLogLoader interface {
+	LoadRunLogAndCheckpoint(ctx context.Context, projection, runID string) (store.Checkpoint, bool, store.Run, []store.Event, error)
+}
+
+// checkpointAndLog reads a run's checkpoint (nil: none) and its log.
+func (p *Projector) checkpointAndLog(ctx context.Context, runID string) (*store.Checkpoint, store.Run, []store.Event, error) {
+	if l, ok := p.st.(CheckpointedLogLoader); ok {
+		c, has, run, events, err := l.LoadRunLogAndCheckpoint(ctx, store.ProjectionRun, runID)
+		if err != nil {
+			return nil, store.Run{}, nil, fmt.Errorf("load run %s: %w", runID, err)
+		}
+		if !has {
+			return nil, run, events, nil
+		}
+		return &c, run, events, nil
+	}
+	cp, err := p.checkpoint(ctx, store.ProjectionRun, runID)
+	if err != nil {
+		return nil, store.Run{}, nil, err
+	}
+	run, events, err := p.st.LoadRunLog(ctx, runID)
+	if err != nil {
+		return nil, store.Run{}, nil, fmt.Errorf("load run %s: %w", runID, err)
+	}
+	return cp, run, events, nil
+}
+
 // preparedRun is a run projection up to its write.
 type preparedRun struct {
 	ctx context.Context // in the trace of the run's last event, inside the write's span
@@ -741,14 +772,9 @@ func (p *Projector) prepareRun(ctx context.Context, runID string, force bool) (p
 	// a concurrent writer (replica) can never make a checkpoint look ahead
 	// of the log. A decision from a stale checkpoint fails the write's
 	// precondition instead and is re-decided.
-	cp, err := p.checkpoint(ctx, store.ProjectionRun, runID)
+	cp, run, events, err := p.checkpointAndLog(ctx, runID)
 	if err != nil {
 		pr.err = err
-		return pr
-	}
-	run, events, err := p.st.LoadRunLog(ctx, runID)
-	if err != nil {
-		pr.err = fmt.Errorf("load run %s: %w", runID, err)
 		return pr
 	}
 	if n := len(events); n > 0 {

@@ -184,3 +184,36 @@ func TestWriteProjectionsBatchAndFallback(t *testing.T) {
 		}
 	}
 }
+
+// LoadRunLogAndCheckpoint gives what GetCheckpoint and LoadRunLog give.
+func TestLoadRunLogAndCheckpoint(t *testing.T) {
+	s := newTestStore(t)
+	ctx := context.Background()
+	mustCreateRun(t, s, "r1")
+	for i := range 3 {
+		if _, _, err := s.AppendEvent(ctx, store.AppendInput{RunID: "r1", EventType: "run.delta", Payload: json.RawMessage(fmt.Sprintf(`{"i":%d}`, i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, has, _, _, err := s.LoadRunLogAndCheckpoint(ctx, store.ProjectionRun, "r1")
+	if err != nil || has {
+		t.Fatalf("before any projection: checkpoint found=%t, %v", has, err)
+	}
+	if _, err := s.WriteProjection(ctx, store.ProjectionWriteInput{Projection: store.ProjectionRun, EntityID: "r1",
+		Topic: store.TopicRunSummaries, DocKey: "run:r1", OwnerSub: "user:1", Doc: json.RawMessage(`{}`),
+		Hash: strings.Repeat("b", 64), Version: "v1", SourceSeq: 3, ExpectSeq: -1}); err != nil {
+		t.Fatal(err)
+	}
+	cp, has, run, evs, err := s.LoadRunLogAndCheckpoint(ctx, store.ProjectionRun, "r1")
+	if err != nil || !has {
+		t.Fatalf("checkpoint found=%t, %v", has, err)
+	}
+	wantCP, _ := s.GetCheckpoint(ctx, store.ProjectionRun, "r1")
+	wantRun, wantEvs, _ := s.LoadRunLog(ctx, "r1")
+	if fmt.Sprint(cp) != fmt.Sprint(wantCP) || fmt.Sprint(run) != fmt.Sprint(wantRun) || fmt.Sprint(evs) != fmt.Sprint(wantEvs) || len(evs) != 3 {
+		t.Fatalf("combined read differs:\n%v %v %v\nwant %v %v %v", cp, run, evs, wantCP, wantRun, wantEvs)
+	}
+	if _, _, _, _, err := s.LoadRunLogAndCheckpoint(ctx, store.ProjectionRun, "missing"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("unknown run: %v, want ErrNotFound", err)
+	}
+}

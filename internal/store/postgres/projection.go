@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
 	"time"
 
@@ -23,6 +24,12 @@ func (s *Store) LoadRunLog(ctx context.Context, runID string) (store.Run, []stor
 	if !storable(runID) {
 		return store.Run{}, nil, fmt.Errorf("postgres: load run log %q: %w", runID, store.ErrNotFound)
 	}
+	return s.loadRunLog(ctx, runID, nil)
+}
+
+// loadRunLog reads the run and its events in one REPEATABLE READ snapshot,
+// in one round trip; first queues more reads at the start of the snapshot.
+func (s *Store) loadRunLog(ctx context.Context, runID string, first func(*pgx.Batch)) (store.Run, []store.Event, error) {
 	// One round trip: the transaction's statements go out as one batch.
 	var (
 		run   store.Run
@@ -31,6 +38,9 @@ func (s *Store) LoadRunLog(ctx context.Context, runID string) (store.Run, []stor
 	)
 	b := &pgx.Batch{}
 	b.Queue(`BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`)
+	if first != nil {
+		first(b)
+	}
 	b.Queue(`SELECT `+runCols+` FROM runs WHERE run_id = $1`, runID).QueryRow(func(row pgx.Row) error {
 		var err error
 		run, err = scanRun(row)
@@ -62,6 +72,34 @@ func checkWriteInput(in store.ProjectionWriteInput) error {
 	}
 	return checkText("entity_id", in.EntityID, "topic", in.Topic, "doc_key", in.DocKey,
 		"owner_sub", in.OwnerSub, "projection_version", in.Version, "summary_hash", in.Hash)
+}
+
+// LoadRunLogAndCheckpoint is LoadRunLog with the run's checkpoint of
+// projection, read in the same snapshot and the same round trip (see
+// projection.CheckpointedLogLoader). ok=false: no checkpoint.
+func (s *Store) LoadRunLogAndCheckpoint(ctx context.Context, projection, runID string) (store.Checkpoint, bool, store.Run, []store.Event, error) {
+	if !storable(runID) || !storable(projection) {
+		return store.Checkpoint{}, false, store.Run{}, nil, fmt.Errorf("postgres: load run log %q: %w", runID, store.ErrNotFound)
+	}
+	var (
+		cp    store.Checkpoint
+		hasCP bool
+	)
+	run, evs, err := s.loadRunLog(ctx, runID, func(b *pgx.Batch) {
+		b.Queue(`SELECT `+checkpointCols+` FROM khala_projection_checkpoints WHERE projection = $1 AND entity_id = $2`,
+			projection, runID).QueryRow(func(row pgx.Row) error {
+			c, err := scanCheckpoint(row)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return nil
+			}
+			cp, hasCP = c, err == nil
+			return err
+		})
+	})
+	if err != nil {
+		return store.Checkpoint{}, false, store.Run{}, nil, err
+	}
+	return cp, hasCP, run, evs, nil
 }
 
 // WriteProjection implements store.ProjectionStore. Locks are taken in one
@@ -97,9 +135,27 @@ func (s *Store) WriteProjections(ctx context.Context, ins []store.ProjectionWrit
 	if len(ins) == 0 {
 		return wms, errs
 	}
-	b := &pgx.Batch{}
-	ok := true
+	// Lock order, as in oa_write_projection: every checkpoint row of the
+	// batch first (sorted), then the watermark rows, taken in topic order.
+	// A batch that took a watermark before a checkpoint could deadlock
+	// with a single write of the same entity.
+	order := make([]int, len(ins))
+	projections, entities := make([]string, len(ins)), make([]string, len(ins))
 	for i, in := range ins {
+		order[i] = i
+		projections[i], entities[i] = in.Projection, in.EntityID
+	}
+	sort.SliceStable(order, func(a, b int) bool {
+		x, y := ins[order[a]], ins[order[b]]
+		return x.Topic < y.Topic || (x.Topic == y.Topic && x.EntityID < y.EntityID)
+	})
+	b := &pgx.Batch{}
+	b.Queue(`SELECT 1 FROM khala_projection_checkpoints
+		WHERE (projection, entity_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+		ORDER BY projection, entity_id FOR UPDATE`, projections, entities)
+	ok := true
+	for _, i := range order {
+		in := ins[i]
 		if checkWriteInput(in) != nil {
 			ok = false
 			break

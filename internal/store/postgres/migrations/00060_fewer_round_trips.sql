@@ -87,15 +87,16 @@ DECLARE
     v_wm  bigint;
     v_n   integer;
 BEGIN
-    IF NOT p_force THEN
-        SELECT last_seq INTO v_cur FROM khala_projection_checkpoints
-        WHERE projection = p_projection AND entity_id = p_entity_id FOR UPDATE;
-        IF NOT FOUND THEN
-            v_cur := -1;
-        END IF;
-        IF v_cur <> p_expect_seq THEN
-            RAISE EXCEPTION 'checkpoint is at %, writer expected %', v_cur, p_expect_seq USING ERRCODE = 'OA002';
-        END IF;
+    -- The checkpoint row is locked before the topic's watermark row by
+    -- every write, forced or not (and batches lock all theirs first): one
+    -- lock order, so writers never deadlock.
+    SELECT last_seq INTO v_cur FROM khala_projection_checkpoints
+    WHERE projection = p_projection AND entity_id = p_entity_id FOR UPDATE;
+    IF NOT FOUND THEN
+        v_cur := -1;
+    END IF;
+    IF NOT p_force AND v_cur <> p_expect_seq THEN
+        RAISE EXCEPTION 'checkpoint is at %, writer expected %', v_cur, p_expect_seq USING ERRCODE = 'OA002';
     END IF;
     INSERT INTO khala_topic_watermarks (topic, last_watermark) VALUES (p_topic, 1)
     ON CONFLICT (topic) DO UPDATE SET last_watermark = khala_topic_watermarks.last_watermark + 1
