@@ -275,11 +275,15 @@ func (p *Projector) Faults() (failRate float64, delay time.Duration, replayFault
 	return p.failRate, p.delay, p.replayFault
 }
 
-func (p *Projector) injectFailure() bool {
+// injected is the fault SetFault asks for on this write, or nil.
+func (p *Projector) injected() error {
 	p.mu.Lock()
 	rate := p.failRate
 	p.mu.Unlock()
-	return rate > 0 && rand.Float64() < rate
+	if rate > 0 && rand.Float64() < rate {
+		return &SinkError{Class: ClassSinkException, Err: errors.New("injected projection fault"), Injected: true}
+	}
+	return nil
 }
 
 // Start runs the projection loop until ctx ends or Stop is called. It returns
@@ -665,9 +669,7 @@ func (p *Projector) projectPaced(ctx context.Context, kind string, tk task) (ali
 	} else {
 		_, err = p.projectWorkerLanes(ctx, tk.id, tk.summary, tk.events)
 	}
-	if err != nil && ctx.Err() == nil {
-		p.log.WarnContext(ctx, "khala projection write failed", "projection", kind, "entity_id", tk.id, "err", err)
-	}
+	p.logWriteFailure(ctx, kind, tk.id, err)
 	return true, err
 }
 
@@ -812,50 +814,36 @@ func (p *Projector) finishRun(pr preparedRun, wm int64, err error) (Outcome, err
 // writes (one transaction on PostgreSQL instead of one per run). Each
 // run's outcome is settled as ProjectRun would; results are in ids' order.
 func (p *Projector) projectRunBatch(ctx context.Context, bs BatchSink, ids []string) []error {
-	errs := make([]error, len(ids))
 	prs := make([]preparedRun, len(ids))
+	wms, errs := make([]int64, len(ids)), make([]error, len(ids))
 	var ins []store.ProjectionWriteInput
 	var at []int // index in ids of each input
 	for i, id := range ids {
 		prs[i] = p.prepareRun(ctx, id, false)
-		if prs[i].err == nil && prs[i].in != nil {
-			if p.injectFailure() {
-				// finishRun records out.Result "error", which the loop
-				// below takes as settled.
-				_, errs[i] = p.finishRun(prs[i], 0, &SinkError{Class: ClassSinkException, Err: errors.New("injected projection fault"), Injected: true})
-				p.settleRun(id, prs[i].out, errs[i])
-				prs[i].in = nil
-				continue
-			}
+		if prs[i].in == nil {
+			continue
+		}
+		if errs[i] = p.injected(); errs[i] == nil {
 			ins = append(ins, *prs[i].in)
 			at = append(at, i)
 		}
 	}
-	handled := make([]bool, len(ids))
 	if len(ins) > 0 {
-		wms, werrs := bs.WriteBatch(ctx, ins)
+		bwms, berrs := bs.WriteBatch(ctx, ins)
 		for j, i := range at {
-			_, errs[i] = p.finishRun(prs[i], wms[j], werrs[j])
-			p.settleRun(ids[i], prs[i].out, errs[i])
-			handled[i] = true
+			wms[i], errs[i] = bwms[j], berrs[j]
 		}
 	}
 	for i, pr := range prs {
-		if handled[i] || pr.in != nil {
-			continue
+		out, err := pr.out, pr.err
+		if pr.in == nil {
+			pr.end(err) // nothing to write: the read failed or the decision was to skip
+		} else {
+			out, err = p.finishRun(pr, wms[i], errs[i])
 		}
-		// Nothing to write: the read failed, the decision was to skip, or
-		// the injected fault was settled above.
-		if pr.err != nil || pr.out.Result != "error" {
-			errs[i] = pr.err
-			pr.end(pr.err)
-			p.settleRun(ids[i], pr.out, pr.err)
-		}
-	}
-	for i, err := range errs {
-		if err != nil && ctx.Err() == nil {
-			p.log.WarnContext(ctx, "khala projection write failed", "projection", store.ProjectionRun, "entity_id", ids[i], "err", err)
-		}
+		p.settleRun(ids[i], out, err)
+		p.logWriteFailure(ctx, store.ProjectionRun, ids[i], err)
+		errs[i] = err
 	}
 	return errs
 }
@@ -929,10 +917,18 @@ func (p *Projector) decideAndWrite(ctx context.Context, out *Outcome, cp *store.
 // sinkWrite writes one document through the sink, or fails it when a
 // fault is injected.
 func (p *Projector) sinkWrite(ctx context.Context, in store.ProjectionWriteInput) (int64, error) {
-	if p.injectFailure() {
-		return 0, &SinkError{Class: ClassSinkException, Err: errors.New("injected projection fault"), Injected: true}
+	if err := p.injected(); err != nil {
+		return 0, err
 	}
 	return p.sink.Write(ctx, in)
+}
+
+// logWriteFailure logs a failed projection of one entity (not when the
+// projector is stopping).
+func (p *Projector) logWriteFailure(ctx context.Context, kind, id string, err error) {
+	if err != nil && ctx.Err() == nil {
+		p.log.WarnContext(ctx, "khala projection write failed", "projection", kind, "entity_id", id, "err", err)
+	}
 }
 
 // decide is decideAndWrite up to the write: the input to write, or nil

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -144,6 +145,16 @@ func CheckSameRun(in []AppendInput) error {
 		}
 	}
 	return nil
+}
+
+// EventTypes names the events of one append call, for error messages
+// ("run.delta+run.finished").
+func EventTypes(in []AppendInput) string {
+	names := make([]string, len(in))
+	for i, x := range in {
+		names[i] = strings.TrimSpace(x.EventType)
+	}
+	return strings.Join(names, "+")
 }
 
 // Frame is an input to a run (user message, cancel, finish, fail).

@@ -205,13 +205,16 @@ type wakeSink struct {
 	svc *Service
 }
 
+// batchWriter is the batch method of projection.BatchSink.
+type batchWriter interface {
+	WriteBatch(ctx context.Context, ins []store.ProjectionWriteInput) ([]int64, []error)
+}
+
 // wakeBatchSink is wakeSink around a sink that writes batches; it keeps
 // that ability visible to the projector.
 type wakeBatchSink struct {
 	wakeSink
-	batch interface {
-		WriteBatch(ctx context.Context, ins []store.ProjectionWriteInput) ([]int64, []error)
-	}
+	batch batchWriter
 }
 
 func (w wakeBatchSink) WriteBatch(ctx context.Context, ins []store.ProjectionWriteInput) ([]int64, []error) {
@@ -238,9 +241,7 @@ func (w wakeSink) Write(ctx context.Context, in store.ProjectionWriteInput) (int
 // caused them, so the store's event notices arrive too early to carry them.
 func (s *Service) WakeOnWrite(sink Sink) Sink {
 	w := wakeSink{Sink: sink, svc: s}
-	if b, ok := sink.(interface {
-		WriteBatch(ctx context.Context, ins []store.ProjectionWriteInput) ([]int64, []error)
-	}); ok {
+	if b, ok := sink.(batchWriter); ok {
 		return wakeBatchSink{wakeSink: w, batch: b}
 	}
 	return w

@@ -54,28 +54,11 @@ func (s *Store) notify(ctx context.Context, tx pgx.Tx, n store.Notice) error {
 
 // AppendEvent implements store.Store.
 func (s *Store) AppendEvent(ctx context.Context, in store.AppendInput) (store.Event, bool, error) {
-	if ev, done, err := s.appendFast(ctx, in); done {
-		return ev, false, err
-	}
-	var (
-		ev     store.Event
-		replay bool
-		status string
-	)
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		var err error
-		ev, replay, status, err = s.appendTx(ctx, tx, in)
-		return err
-	})
+	res, err := s.appendEvents(ctx, []store.AppendInput{in})
 	if err != nil {
-		s.heads.forget(in.RunID)
-		return store.Event{}, false, fmt.Errorf("postgres: append %s to run %s: %w", strings.TrimSpace(in.EventType), in.RunID, err)
+		return store.Event{}, false, err
 	}
-	if !replay {
-		s.heads.put(in.RunID, head{seq: ev.Seq, hash: ev.EventHash, status: status})
-		s.notes.publish(store.Notice{Kind: store.NoticeEvent, RunID: in.RunID, Seq: ev.Seq})
-	}
-	return ev, replay, nil
+	return res[0].Event, res[0].Replay, nil
 }
 
 // AppendEvents implements store.Store.
@@ -83,6 +66,13 @@ func (s *Store) AppendEvents(ctx context.Context, in []store.AppendInput) ([]sto
 	if err := store.CheckSameRun(in); err != nil {
 		return nil, fmt.Errorf("postgres: append events: %w", err)
 	}
+	return s.appendEvents(ctx, in)
+}
+
+// appendEvents appends in (one run's events) in one transaction: in one
+// call of oa_append_fast each from the remembered head, or else through
+// appendTx, which decides every replay and refusal.
+func (s *Store) appendEvents(ctx context.Context, in []store.AppendInput) ([]store.AppendResult, error) {
 	if evs, done, err := s.appendFastMany(ctx, in); done {
 		if err != nil {
 			return nil, err
@@ -102,7 +92,10 @@ func (s *Store) AppendEvents(ctx context.Context, in []store.AppendInput) ([]sto
 		for _, x := range in {
 			ev, replay, st, err := s.appendTx(ctx, tx, x)
 			if err != nil {
-				return fmt.Errorf("%s: %w", strings.TrimSpace(x.EventType), err)
+				if len(in) > 1 {
+					err = fmt.Errorf("%s: %w", strings.TrimSpace(x.EventType), err)
+				}
+				return err
 			}
 			out = append(out, store.AppendResult{Event: ev, Replay: replay})
 			if !replay {
@@ -114,7 +107,7 @@ func (s *Store) AppendEvents(ctx context.Context, in []store.AppendInput) ([]sto
 	runID := in[0].RunID
 	if err != nil {
 		s.heads.forget(runID)
-		return nil, fmt.Errorf("postgres: append events to run %s: %w", runID, err)
+		return nil, fmt.Errorf("postgres: append %s to run %s: %w", store.EventTypes(in), runID, err)
 	}
 	var notices []store.Notice
 	var last *store.Event

@@ -134,22 +134,13 @@ func fallBack(err error) bool {
 	return errors.As(err, &pgErr) && (pgErr.Code == sqlstateFenceLost || pgErr.Code == "23505")
 }
 
-// appendFast tries the one-round-trip append (oa_append_fast) from the
-// remembered head. ok=false means the fast path did not apply and nothing
-// was written: the caller takes the full path, which decides every
+// appendFastMany appends consecutive events of one run from the remembered
+// head (oa_append_fast), in one round trip and one (implicit) transaction:
+// all of them or none. ok=false means the fast path did not apply and
+// nothing was written: the caller takes the full path, which decides every
 // outcome (replays, fences, sequence conflicts, illegal transitions) the
 // way the contract says. ok=true with an error is a failure of the call
 // itself (for example a broken connection), reported as is.
-func (s *Store) appendFast(ctx context.Context, in store.AppendInput) (store.Event, bool, error) {
-	evs, ok, err := s.appendFastMany(ctx, []store.AppendInput{in})
-	if !ok || err != nil {
-		return store.Event{}, ok, err
-	}
-	return evs[0], true, nil
-}
-
-// appendFastMany is appendFast for consecutive events of one run, in one
-// round trip and one (implicit) transaction: all of them or none.
 func (s *Store) appendFastMany(ctx context.Context, in []store.AppendInput) ([]store.Event, bool, error) {
 	hd, known := s.heads.get(in[0].RunID)
 	if !known {
@@ -184,7 +175,7 @@ func (s *Store) appendFastMany(ctx context.Context, in []store.AppendInput) ([]s
 		return nil, false, nil
 	case err != nil:
 		s.heads.forget(runID)
-		return nil, true, fmt.Errorf("postgres: append %s to run %s: %w", calls[0].ev.EventType, runID, err)
+		return nil, true, fmt.Errorf("postgres: append %s to run %s: %w", store.EventTypes(in), runID, err)
 	}
 	// The first call finds the remembered head or nothing, and each later
 	// one follows the one before under the same row lock: either all

@@ -88,7 +88,7 @@ type Store struct {
 	// from the pool so that a listener never holds a pool slot.
 	listenConfig *pgx.ConnConfig
 
-	// heads lets an append skip reading the run row (see appendFast).
+	// heads lets an append skip reading the run row (see appendFastMany).
 	heads heads
 	// notes sends the notices of committed run writes (see notifier).
 	notes *notifier

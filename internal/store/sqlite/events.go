@@ -43,19 +43,11 @@ func (e transitionError) Is(target error) bool { return target == store.ErrIlleg
 
 // AppendEvent implements store.Store.
 func (s *Store) AppendEvent(ctx context.Context, in store.AppendInput) (store.Event, bool, error) {
-	var (
-		ev     store.Event
-		replay bool
-	)
-	err := s.write(ctx, func(tx *sql.Tx, notify func(store.Notice)) error {
-		var err error
-		ev, replay, err = s.appendTx(ctx, tx, in, notify)
-		return err
-	})
+	res, err := s.appendEvents(ctx, []store.AppendInput{in})
 	if err != nil {
-		return store.Event{}, false, fmt.Errorf("sqlite: append %s to run %s: %w", in.EventType, in.RunID, err)
+		return store.Event{}, false, err
 	}
-	return ev, replay, nil
+	return res[0].Event, res[0].Replay, nil
 }
 
 // AppendEvents implements store.Store.
@@ -63,20 +55,28 @@ func (s *Store) AppendEvents(ctx context.Context, in []store.AppendInput) ([]sto
 	if err := store.CheckSameRun(in); err != nil {
 		return nil, fmt.Errorf("sqlite: append events: %w", err)
 	}
+	return s.appendEvents(ctx, in)
+}
+
+// appendEvents appends one run's events in one write transaction.
+func (s *Store) appendEvents(ctx context.Context, in []store.AppendInput) ([]store.AppendResult, error) {
 	out := make([]store.AppendResult, 0, len(in))
 	err := s.write(ctx, func(tx *sql.Tx, notify func(store.Notice)) error {
 		out = out[:0]
 		for _, x := range in {
 			ev, replay, err := s.appendTx(ctx, tx, x, notify)
 			if err != nil {
-				return fmt.Errorf("%s: %w", strings.TrimSpace(x.EventType), err)
+				if len(in) > 1 {
+					err = fmt.Errorf("%s: %w", strings.TrimSpace(x.EventType), err)
+				}
+				return err
 			}
 			out = append(out, store.AppendResult{Event: ev, Replay: replay})
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("sqlite: append events to run %s: %w", in[0].RunID, err)
+		return nil, fmt.Errorf("sqlite: append %s to run %s: %w", store.EventTypes(in), in[0].RunID, err)
 	}
 	return out, nil
 }

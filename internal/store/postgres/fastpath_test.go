@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -148,72 +147,5 @@ func TestAppendFastPathDefersToFullPath(t *testing.T) {
 	r, err := a.GetRun(ctx, "r1")
 	if err != nil || r.LatestSeq != 3 || r.Status != store.StatusRunning {
 		t.Fatalf("run after the appends: %+v %v", r, err)
-	}
-}
-
-// WriteProjections: a batch is one transaction; when one write fails its
-// precondition, the others are still written one by one and only that one
-// reports the conflict.
-func TestWriteProjectionsBatchAndFallback(t *testing.T) {
-	s := newTestStore(t)
-	ctx := context.Background()
-	in := func(id string, seq, expect int64) store.ProjectionWriteInput {
-		return store.ProjectionWriteInput{Projection: store.ProjectionRun, EntityID: id, Topic: store.TopicRunSummaries,
-			DocKey: "run:" + id, OwnerSub: "user:1", Doc: json.RawMessage(fmt.Sprintf(`{"seq":%d}`, seq)),
-			Hash: strings.Repeat("a", 64), Version: "v1", SourceSeq: seq, ExpectSeq: expect}
-	}
-	wms, errs := s.WriteProjections(ctx, []store.ProjectionWriteInput{in("a", 1, -1), in("b", 1, -1), in("c", 1, -1)})
-	for i, err := range errs {
-		if err != nil || wms[i] != int64(i+1) {
-			t.Fatalf("batch write %d: watermark %d, %v; want %d", i, wms[i], err, i+1)
-		}
-	}
-	// b's writer decided from a stale checkpoint (none): a conflict, while
-	// a and c advance.
-	wms, errs = s.WriteProjections(ctx, []store.ProjectionWriteInput{in("a", 2, 1), in("b", 2, -1), in("c", 2, 1)})
-	if errs[0] != nil || errs[2] != nil || !errors.Is(errs[1], store.ErrConflict) {
-		t.Fatalf("errors %v, want only the second to conflict", errs)
-	}
-	if wms[0] == 0 || wms[2] == 0 || wms[1] != 0 {
-		t.Fatalf("watermarks %v", wms)
-	}
-	for id, want := range map[string]int64{"a": 2, "b": 1, "c": 2} {
-		cp, err := s.GetCheckpoint(ctx, store.ProjectionRun, id)
-		if err != nil || cp.LastSeq != want {
-			t.Fatalf("checkpoint of %s: %+v %v, want seq %d", id, cp, err, want)
-		}
-	}
-}
-
-// LoadRunLogAndCheckpoint gives what GetCheckpoint and LoadRunLog give.
-func TestLoadRunLogAndCheckpoint(t *testing.T) {
-	s := newTestStore(t)
-	ctx := context.Background()
-	mustCreateRun(t, s, "r1")
-	for i := range 3 {
-		if _, _, err := s.AppendEvent(ctx, store.AppendInput{RunID: "r1", EventType: "run.delta", Payload: json.RawMessage(fmt.Sprintf(`{"i":%d}`, i))}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	_, has, _, _, err := s.LoadRunLogAndCheckpoint(ctx, store.ProjectionRun, "r1")
-	if err != nil || has {
-		t.Fatalf("before any projection: checkpoint found=%t, %v", has, err)
-	}
-	if _, err := s.WriteProjection(ctx, store.ProjectionWriteInput{Projection: store.ProjectionRun, EntityID: "r1",
-		Topic: store.TopicRunSummaries, DocKey: "run:r1", OwnerSub: "user:1", Doc: json.RawMessage(`{}`),
-		Hash: strings.Repeat("b", 64), Version: "v1", SourceSeq: 3, ExpectSeq: -1}); err != nil {
-		t.Fatal(err)
-	}
-	cp, has, run, evs, err := s.LoadRunLogAndCheckpoint(ctx, store.ProjectionRun, "r1")
-	if err != nil || !has {
-		t.Fatalf("checkpoint found=%t, %v", has, err)
-	}
-	wantCP, _ := s.GetCheckpoint(ctx, store.ProjectionRun, "r1")
-	wantRun, wantEvs, _ := s.LoadRunLog(ctx, "r1")
-	if fmt.Sprint(cp) != fmt.Sprint(wantCP) || fmt.Sprint(run) != fmt.Sprint(wantRun) || fmt.Sprint(evs) != fmt.Sprint(wantEvs) || len(evs) != 3 {
-		t.Fatalf("combined read differs:\n%v %v %v\nwant %v %v %v", cp, run, evs, wantCP, wantRun, wantEvs)
-	}
-	if _, _, _, _, err := s.LoadRunLogAndCheckpoint(ctx, store.ProjectionRun, "missing"); !errors.Is(err, store.ErrNotFound) {
-		t.Fatalf("unknown run: %v, want ErrNotFound", err)
 	}
 }
