@@ -1,12 +1,8 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -36,71 +32,14 @@ func randHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// sign returns an X-OA-RUNTIME-SIGNATURE value for sub, valid for 60 s.
-func sign(secret []byte, sub string) string {
-	now := time.Now()
-	claims, _ := json.Marshal(map[string]any{"iat": now.Unix(), "exp": now.Add(time.Minute).Unix(), "nonce": randHex(16), "sub": sub})
-	seg := base64.RawURLEncoding.EncodeToString(claims)
-	h := hmac.New(sha256.New, secret)
-	h.Write([]byte(seg))
-	return "v1." + seg + "." + base64.RawURLEncoding.EncodeToString(h.Sum(nil))
-}
-
 // api is a minimal signed client of one server.
 type api struct {
-	base   string
-	secret []byte
-	sub    string
-	hc     *http.Client
-	pid    int // the server process, when the bench started it
+	*benchutil.Client
+	pid int // the server process, when the bench started it
 }
 
 func newAPI(addr string, secret []byte) *api {
-	tr := &http.Transport{MaxIdleConns: 512, MaxIdleConnsPerHost: 512, IdleConnTimeout: 90 * time.Second,
-		DialContext: (&net.Dialer{Timeout: 5 * time.Second}).DialContext}
-	return &api{base: "http://" + addr, secret: secret, sub: "user:bench", hc: &http.Client{Transport: tr, Timeout: 60 * time.Second}}
-}
-
-type apiError struct {
-	Status int
-	Body   string
-}
-
-func (e *apiError) Error() string { return fmt.Sprintf("HTTP %d: %s", e.Status, e.Body) }
-
-func (a *api) do(ctx context.Context, method, path string, body, out any) error {
-	var r io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		r = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, a.base+path, r)
-	if err != nil {
-		return err
-	}
-	if body != nil {
-		req.Header.Set("content-type", "application/json")
-	}
-	req.Header.Set("X-OA-RUNTIME-SIGNATURE", sign(a.secret, a.sub))
-	resp, err := a.hc.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode >= 300 {
-		return &apiError{Status: resp.StatusCode, Body: strings.TrimSpace(string(raw))}
-	}
-	if out != nil {
-		return json.Unmarshal(raw, out)
-	}
-	return nil
+	return &api{Client: benchutil.NewClient(addr, secret, "user:bench", 512)}
 }
 
 type runDoc struct {
@@ -117,11 +56,11 @@ type eventDoc struct {
 }
 
 func (a *api) createRun(ctx context.Context, runID string) error {
-	return a.do(ctx, http.MethodPost, "/internal/v1/runs", map[string]any{"run_id": runID, "thread_id": "thread_" + runID}, nil)
+	return a.Do(ctx, http.MethodPost, "/internal/v1/runs", map[string]any{"run_id": runID, "thread_id": "thread_" + runID}, nil)
 }
 
 func (a *api) sendFrame(ctx context.Context, runID string, payload any) error {
-	return a.do(ctx, http.MethodPost, "/internal/v1/runs/"+runID+"/frames",
+	return a.Do(ctx, http.MethodPost, "/internal/v1/runs/"+runID+"/frames",
 		map[string]any{"frame_id": "frame_" + randHex(6), "type": "user_message", "payload": payload}, nil)
 }
 
@@ -129,7 +68,7 @@ func (a *api) getRun(ctx context.Context, runID string) (runDoc, error) {
 	var out struct {
 		Run runDoc `json:"run"`
 	}
-	err := a.do(ctx, http.MethodGet, "/internal/v1/runs/"+runID, nil, &out)
+	err := a.Do(ctx, http.MethodGet, "/internal/v1/runs/"+runID, nil, &out)
 	return out.Run, err
 }
 
@@ -137,7 +76,7 @@ func (a *api) events(ctx context.Context, runID string, after int64) ([]eventDoc
 	var out struct {
 		Events []eventDoc `json:"events"`
 	}
-	err := a.do(ctx, http.MethodGet, fmt.Sprintf("/internal/v1/runs/%s/events?after_seq=%d&limit=1000", runID, after), nil, &out)
+	err := a.Do(ctx, http.MethodGet, fmt.Sprintf("/internal/v1/runs/%s/events?after_seq=%d&limit=1000", runID, after), nil, &out)
 	return out.Events, err
 }
 
@@ -145,18 +84,18 @@ func (a *api) appendEvent(ctx context.Context, runID string, payload any) (event
 	var out struct {
 		Event eventDoc `json:"event"`
 	}
-	err := a.do(ctx, http.MethodPost, "/internal/v1/runs/"+runID+"/events", map[string]any{"event_type": "run.delta", "payload": payload}, &out)
+	err := a.Do(ctx, http.MethodPost, "/internal/v1/runs/"+runID+"/events", map[string]any{"event_type": "run.delta", "payload": payload}, &out)
 	return out.Event, err
 }
 
 // metricSum scrapes /metrics and sums the samples of name whose labels
 // contain every label=value pair given.
 func (a *api) metricSum(ctx context.Context, name string, labels ...string) (float64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.base+"/metrics", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.Base+"/metrics", nil)
 	if err != nil {
 		return 0, err
 	}
-	resp, err := a.hc.Do(req)
+	resp, err := a.HC.Do(req)
 	if err != nil {
 		return 0, err
 	}

@@ -136,7 +136,7 @@ func fanoutOne(ctx context.Context, c *common, name, dbURL string, streams, even
 		if err != nil {
 			return nil, err
 		}
-		req := "GET " + path + " HTTP/1.1\r\nHost: " + srv.addr + "\r\nAccept: text/event-stream\r\nX-OA-RUNTIME-SIGNATURE: " + sign(srv.secret, "user:bench") + "\r\n\r\n"
+		req := "GET " + path + " HTTP/1.1\r\nHost: " + srv.addr + "\r\nAccept: text/event-stream\r\nX-OA-RUNTIME-SIGNATURE: " + benchutil.Sign(srv.secret, "user:bench") + "\r\n\r\n"
 		_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
 		if _, err := conn.Write([]byte(req)); err != nil {
 			conn.Close()

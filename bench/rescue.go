@@ -186,7 +186,7 @@ func oaRescue(ctx context.Context, c *common, scenario string, trials, toolMS in
 		if err := a.createRun(ctx, runID); err != nil {
 			return nil, err
 		}
-		if err := a.do(ctx, "POST", "/internal/v1/runs/"+runID+"/frames", map[string]any{"frame_id": "frame_" + runID, "type": "user_message",
+		if err := a.Do(ctx, "POST", "/internal/v1/runs/"+runID+"/frames", map[string]any{"frame_id": "frame_" + runID, "type": "user_message",
 			"payload": map[string]any{"text": "rescue", "script": script}}, nil); err != nil {
 			return nil, err
 		}

@@ -1,12 +1,8 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -35,74 +31,16 @@ func randHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-func sign(secret []byte, sub string) string {
-	now := time.Now()
-	claims, _ := json.Marshal(map[string]any{"iat": now.Unix(), "exp": now.Add(time.Minute).Unix(), "nonce": randHex(16), "sub": sub})
-	seg := base64.RawURLEncoding.EncodeToString(claims)
-	h := hmac.New(sha256.New, secret)
-	h.Write([]byte(seg))
-	return "v1." + seg + "." + base64.RawURLEncoding.EncodeToString(h.Sum(nil))
-}
-
 // api is a signed client of one server, acting as one subject.
-type api struct {
-	base   string
-	secret []byte
-	sub    string
-	hc     *http.Client
-}
+type api struct{ *benchutil.Client }
 
 func newAPI(addr string, secret []byte, sub string) *api {
-	tr := &http.Transport{MaxIdleConns: 1024, MaxIdleConnsPerHost: 1024, IdleConnTimeout: 90 * time.Second,
-		DialContext: (&net.Dialer{Timeout: 5 * time.Second}).DialContext}
-	return &api{base: "http://" + addr, secret: secret, sub: sub, hc: &http.Client{Transport: tr, Timeout: 60 * time.Second}}
-}
-
-type apiError struct {
-	Status int
-	Body   string
-}
-
-func (e *apiError) Error() string { return fmt.Sprintf("HTTP %d: %s", e.Status, e.Body) }
-
-func (a *api) do(ctx context.Context, method, path string, body, out any) error {
-	var r io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		r = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, a.base+path, r)
-	if err != nil {
-		return err
-	}
-	if body != nil {
-		req.Header.Set("content-type", "application/json")
-	}
-	req.Header.Set("X-OA-RUNTIME-SIGNATURE", sign(a.secret, a.sub))
-	resp, err := a.hc.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode >= 300 {
-		return &apiError{Status: resp.StatusCode, Body: strings.TrimSpace(string(raw))}
-	}
-	if out != nil {
-		return json.Unmarshal(raw, out)
-	}
-	return nil
+	return &api{Client: benchutil.NewClient(addr, secret, sub, 1024)}
 }
 
 // createOpenRun creates a keep_open run owned by the api's subject.
 func (a *api) createOpenRun(ctx context.Context, runID string) error {
-	return a.do(ctx, http.MethodPost, "/internal/v1/runs", map[string]any{
+	return a.Do(ctx, http.MethodPost, "/internal/v1/runs", map[string]any{
 		"run_id": runID, "thread_id": "thread_" + runID, "metadata": map[string]any{"keep_open": true}}, nil)
 }
 
@@ -113,7 +51,7 @@ func (a *api) appendDelta(ctx context.Context, runID string, i int) (int64, erro
 			Seq int64 `json:"seq"`
 		} `json:"event"`
 	}
-	err := a.do(ctx, http.MethodPost, "/internal/v1/runs/"+runID+"/events",
+	err := a.Do(ctx, http.MethodPost, "/internal/v1/runs/"+runID+"/events",
 		map[string]any{"event_type": "run.delta", "payload": map[string]any{"delta": "khala bench delta", "i": i}}, &out)
 	return out.Event.Seq, err
 }
@@ -124,17 +62,17 @@ func (a *api) latestSeq(ctx context.Context, runID string) (int64, error) {
 			LatestSeq int64 `json:"latest_seq"`
 		} `json:"run"`
 	}
-	err := a.do(ctx, http.MethodGet, "/internal/v1/runs/"+runID, nil, &out)
+	err := a.Do(ctx, http.MethodGet, "/internal/v1/runs/"+runID, nil, &out)
 	return out.Run.LatestSeq, err
 }
 
 // scrape returns the /metrics text.
 func (a *api) scrape(ctx context.Context) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.base+"/metrics", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.Base+"/metrics", nil)
 	if err != nil {
 		return "", err
 	}
-	resp, err := a.hc.Do(req)
+	resp, err := a.HC.Do(req)
 	if err != nil {
 		return "", err
 	}

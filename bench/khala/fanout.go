@@ -134,7 +134,7 @@ func mintHTTP(ctx context.Context, a *api) (string, error) {
 			Token string `json:"token"`
 		} `json:"data"`
 	}
-	err := a.do(ctx, http.MethodPost, "/api/khala/token", map[string]any{"scopes": []string{topic}, "ttl_seconds": 900}, &out)
+	err := a.Do(ctx, http.MethodPost, "/api/khala/token", map[string]any{"scopes": []string{topic}, "ttl_seconds": 900}, &out)
 	return out.Data.Token, err
 }
 
