@@ -30,26 +30,20 @@ func scanEvent(row pgx.Row) (store.Event, error) {
 	return e, nil
 }
 
-// maxNotifyPayload stays under PostgreSQL's 8000-byte NOTIFY limit.
-const maxNotifyPayload = 7900
-
-// notify queues a notice on the store's channel; PostgreSQL delivers it
-// only when tx commits, so listeners never see uncommitted writes. For the
-// rare worker writes; run writes go through the notifier, after commit.
-func (s *Store) notify(ctx context.Context, tx pgx.Tx, n store.Notice) error {
-	b, err := json.Marshal(n)
-	if err != nil {
-		return fmt.Errorf("encode notice: %w", err)
+// writeTx runs fn in a transaction and, once it committed, sends the
+// notices fn noted through the notifier: listeners never see a notice of an
+// uncommitted write, and no write transaction holds PostgreSQL's NOTIFY
+// commit lock.
+func (s *Store) writeTx(ctx context.Context, fn func(tx pgx.Tx, note func(store.Notice)) error) error {
+	var notices []store.Notice
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		notices = notices[:0]
+		return fn(tx, func(n store.Notice) { notices = append(notices, n) })
+	})
+	if err == nil && len(notices) > 0 {
+		s.notes.publish(notices...)
 	}
-	if len(b) > maxNotifyPayload {
-		// An oversized run id cannot travel; an empty one wakes every
-		// subscriber, which re-reads and so still finds the write.
-		b, _ = json.Marshal(store.Notice{Kind: n.Kind, Seq: n.Seq})
-	}
-	if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, s.channel, string(b)); err != nil {
-		return fmt.Errorf("notify: %w", err)
-	}
-	return nil
+	return err
 }
 
 // AppendEvent implements store.Store.

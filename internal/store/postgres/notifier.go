@@ -21,6 +21,9 @@ import (
 // Sent from one goroutine, a batch holds the lock once for everything
 // committed while the previous batch was in flight.
 //
+// Every notice goes this way: run writes publish after their commit, other
+// writes note theirs in writeTx.
+//
 // Notices are hints (see store.Notice): a batch lost to a crash between the
 // commit and the send, or to a failed send, only delays readers until their
 // next poll. Every notice is kept as it is (no merging by run): filters
@@ -32,6 +35,9 @@ type notifier struct {
 	all  bool // the buffer overflowed: send one notice that wakes everyone
 	kick chan struct{}
 }
+
+// maxNotifyPayload stays under PostgreSQL's 8000-byte NOTIFY limit.
+const maxNotifyPayload = 7900
 
 // maxPendingNotices bounds the buffer while the database is unreachable;
 // past it the pending notices collapse into one wake-everyone notice.

@@ -140,7 +140,7 @@ func (s *Store) CreateWorker(ctx context.Context, in store.CreateWorkerInput) (s
 		w       store.Worker
 		outcome string
 	)
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	err = s.writeTx(ctx, func(tx pgx.Tx, note func(store.Notice)) error {
 		ts, err := clockNow(ctx, tx)
 		if err != nil {
 			return err
@@ -163,7 +163,8 @@ func (s *Store) CreateWorker(ctx context.Context, in store.CreateWorkerInput) (s
 			if w, err = lockWorker(ctx, tx, in.WorkerID); err != nil {
 				return err
 			}
-			return s.notify(ctx, tx, store.Notice{Kind: store.NoticeWorker, RunID: in.WorkerID, Seq: 1})
+			note(store.Notice{Kind: store.NoticeWorker, RunID: in.WorkerID, Seq: 1})
+			return nil
 		}
 		existing, err := lockWorker(ctx, tx, in.WorkerID)
 		if err != nil {
@@ -197,7 +198,8 @@ func (s *Store) CreateWorker(ctx context.Context, in store.CreateWorkerInput) (s
 			return fmt.Errorf("reattach worker: %w", err)
 		}
 		outcome = store.WorkerReattached
-		return s.notify(ctx, tx, store.Notice{Kind: store.NoticeWorker, RunID: in.WorkerID, Seq: seq})
+		note(store.Notice{Kind: store.NoticeWorker, RunID: in.WorkerID, Seq: seq})
+		return nil
 	})
 	if err != nil {
 		return store.Worker{}, "", fmt.Errorf("postgres: create worker %s: %w", in.WorkerID, err)
@@ -226,9 +228,9 @@ func (s *Store) HeartbeatWorker(ctx context.Context, workerID string, trace stor
 		w  store.Worker
 		ev store.WorkerEvent
 	)
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	err := s.writeTx(ctx, func(tx pgx.Tx, note func(store.Notice)) error {
 		var err error
-		w, ev, _, err = s.appendWorkerTx(ctx, tx, store.WorkerEventInput{
+		w, ev, _, err = s.appendWorkerTx(ctx, tx, note, store.WorkerEventInput{
 			WorkerID: workerID, EventType: store.WorkerEventHeartbeat, Payload: json.RawMessage(`{}`), Trace: trace,
 		})
 		return err
@@ -245,9 +247,9 @@ func (s *Store) AppendWorkerEvent(ctx context.Context, in store.WorkerEventInput
 		ev     store.WorkerEvent
 		replay bool
 	)
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	err := s.writeTx(ctx, func(tx pgx.Tx, note func(store.Notice)) error {
 		var err error
-		_, ev, replay, err = s.appendWorkerTx(ctx, tx, in)
+		_, ev, replay, err = s.appendWorkerTx(ctx, tx, note, in)
 		return err
 	})
 	if err != nil {
@@ -258,7 +260,7 @@ func (s *Store) AppendWorkerEvent(ctx context.Context, in store.WorkerEventInput
 
 // appendWorkerTx is one worker-reported event inside tx: lock, idempotency
 // replay, transition, insert, worker row. It returns the worker after it.
-func (s *Store) appendWorkerTx(ctx context.Context, tx pgx.Tx, in store.WorkerEventInput) (store.Worker, store.WorkerEvent, bool, error) {
+func (s *Store) appendWorkerTx(ctx context.Context, tx pgx.Tx, note func(store.Notice), in store.WorkerEventInput) (store.Worker, store.WorkerEvent, bool, error) {
 	eventType := strings.TrimSpace(in.EventType)
 	key := strings.TrimSpace(in.IdempotencyKey)
 	if !storable(in.WorkerID) {
@@ -322,9 +324,7 @@ func (s *Store) appendWorkerTx(ctx context.Context, tx pgx.Tx, in store.WorkerEv
 	if err != nil {
 		return store.Worker{}, store.WorkerEvent{}, false, fmt.Errorf("update worker: %w", err)
 	}
-	if err := s.notify(ctx, tx, store.Notice{Kind: store.NoticeWorker, RunID: in.WorkerID, Seq: seq}); err != nil {
-		return store.Worker{}, store.WorkerEvent{}, false, err
-	}
+	note(store.Notice{Kind: store.NoticeWorker, RunID: in.WorkerID, Seq: seq})
 	return w, ev, false, nil
 }
 
@@ -363,7 +363,7 @@ func (s *Store) StopWorker(ctx context.Context, workerID, reason string, trace s
 		w       store.Worker
 		stopped bool
 	)
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	err = s.writeTx(ctx, func(tx pgx.Tx, note func(store.Notice)) error {
 		cur, err := lockWorker(ctx, tx, workerID)
 		if err != nil {
 			return err
@@ -394,7 +394,8 @@ func (s *Store) StopWorker(ctx context.Context, workerID, reason string, trace s
 			return fmt.Errorf("update worker: %w", err)
 		}
 		stopped = true
-		return s.notify(ctx, tx, store.Notice{Kind: store.NoticeWorker, RunID: workerID, Seq: seq})
+		note(store.Notice{Kind: store.NoticeWorker, RunID: workerID, Seq: seq})
+		return nil
 	})
 	if err != nil {
 		return store.Worker{}, false, fmt.Errorf("postgres: stop worker %s: %w", workerID, err)
