@@ -3,14 +3,9 @@ package postgres
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
-
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/oaruntime/oaruntime/internal/runs"
 	"github.com/oaruntime/oaruntime/internal/store"
@@ -67,19 +62,17 @@ func (h *heads) forget(runID string) {
 	delete(h.m, runID)
 }
 
-// sqlstateFenceLost is raised by oa_append_fast when the fence no longer
-// holds the lease (migration 00060).
-const sqlstateFenceLost = "OA001"
-
 // fastAppend is one append computed from a remembered head: the event as
-// it will be stored, the arguments of oa_append_fast and the head after it.
+// it will be stored, the run-level effects of its transition and the head
+// after it.
 type fastAppend struct {
-	ev   store.Event
-	args []any
-	next head
+	ev         store.Event
+	out        runs.Outcome
+	frameID    int64
+	fence      *store.Fence
+	prevStatus string
+	next       head
 }
-
-const appendFastSQL = `SELECT oa_append_fast($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)`
 
 // prepareFast computes in as the successor of hd. ok=false when the quick
 // path does not apply (invalid input, an expected seq that does not match,
@@ -111,100 +104,80 @@ func prepareFast(hd head, in store.AppendInput) (fastAppend, bool) {
 	}
 	seq := hd.seq + 1
 	hash := runs.EventHash(in.RunID, seq, eventType, payload, hd.hash)
-	var owner string
-	var gen int64
-	if in.Fence != nil {
-		owner, gen = in.Fence.Owner, in.Fence.Generation
-	}
 	return fastAppend{
 		ev: store.Event{RunID: in.RunID, Seq: seq, EventType: eventType, Payload: json.RawMessage(payload),
 			PrevHash: hd.hash, EventHash: hash, IdempotencyKey: key, Trace: in.Trace},
-		args: []any{in.RunID, seq, hd.hash, hd.status, eventType, string(payload), hash, key,
-			in.Trace.TraceParent, in.Trace.TraceState, in.Trace.RequestID,
-			out.Status, out.Terminal, out.ReasonClass, out.Reason, in.ProcessedFrameID,
-			in.Fence != nil, owner, gen},
+		out: out, frameID: in.ProcessedFrameID, fence: in.Fence, prevStatus: hd.status,
 		next: head{seq: seq, hash: hash, status: out.Status},
 	}, true
 }
 
-// fallBack reports whether err from oa_append_fast means "let the full path
-// decide" (a lost fence, a seen idempotency key) rather than a failure.
-func fallBack(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && (pgErr.Code == sqlstateFenceLost || pgErr.Code == "23505")
-}
-
-// appendFastMany appends consecutive events of one run from the remembered
-// head (oa_append_fast), in one round trip and one (implicit) transaction:
-// all of them or none. ok=false means the fast path did not apply and
-// nothing was written: the caller takes the full path, which decides every
-// outcome (replays, fences, sequence conflicts, illegal transitions) the
-// way the contract says. ok=true with an error is a failure of the call
-// itself (for example a broken connection), reported as is.
-func (s *Store) appendFastMany(ctx context.Context, in []store.AppendInput) ([]store.Event, bool, error) {
+// prepareFastMany computes consecutive events of one run from its
+// remembered head; ok=false sends them to the full path. One fence for all
+// and distinct idempotency keys: anything else is rare enough to leave to
+// the full path, which decides it.
+func (s *Store) prepareFastMany(in []store.AppendInput) ([]fastAppend, bool) {
 	hd, known := s.heads.get(in[0].RunID)
 	if !known {
-		return nil, false, nil
+		return nil, false
 	}
 	calls := make([]fastAppend, 0, len(in))
+	keys := make(map[string]bool, len(in))
 	for _, x := range in {
 		c, ok := prepareFast(hd, x)
-		if !ok {
-			return nil, false, nil
+		if !ok || !sameFence(in[0].Fence, x.Fence) {
+			return nil, false
+		}
+		if k := c.ev.IdempotencyKey; k != "" {
+			if keys[k] {
+				return nil, false
+			}
+			keys[k] = true
 		}
 		calls = append(calls, c)
 		hd = c.next
 	}
-	created := make([]pgtype.Timestamptz, len(calls))
-	var err error
-	if len(calls) == 1 {
-		err = s.pool.QueryRow(ctx, appendFastSQL, calls[0].args...).Scan(&created[0])
-	} else {
-		// A batch without BEGIN is one implicit transaction: an error in
-		// any call rolls back every one.
-		b := &pgx.Batch{}
-		for i, c := range calls {
-			b.Queue(appendFastSQL, c.args...).QueryRow(func(row pgx.Row) error { return row.Scan(&created[i]) })
-		}
-		err = s.pool.SendBatch(ctx, b).Close()
+	return calls, true
+}
+
+func sameFence(a, b *store.Fence) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
+}
+
+// appendFastMany appends consecutive events of one run from the remembered
+// head, all of them or none, through the group committer (group.go), which
+// commits the fast appends of many runs together. ok=false means the fast
+// path did not apply and nothing was written: the caller takes the full
+// path, which decides every outcome (replays, fences, sequence conflicts,
+// illegal transitions) the way the contract says. ok=true with an error is a
+// failure of the call itself (for example a broken connection), reported as
+// is.
+func (s *Store) appendFastMany(ctx context.Context, in []store.AppendInput) ([]store.Event, bool, error) {
+	calls, ok := s.prepareFastMany(in)
+	if !ok {
+		return nil, false, nil
 	}
 	runID := in[0].RunID
+	created, applied, err := s.group.submit(ctx, runID, calls)
 	switch {
-	case fallBack(err):
-		s.heads.forget(runID) // lost fence or a seen key: the full path answers
-		return nil, false, nil
 	case err != nil:
 		s.heads.forget(runID)
 		return nil, true, fmt.Errorf("postgres: append %s to run %s: %w", store.EventTypes(in), runID, err)
-	}
-	// The first call finds the remembered head or nothing, and each later
-	// one follows the one before under the same row lock: either all
-	// applied or none did.
-	valid := 0
-	for _, c := range created {
-		if c.Valid {
-			valid++
-		}
-	}
-	switch valid {
-	case 0:
-		s.heads.forget(runID) // someone else moved the head
+	case !applied:
+		s.heads.forget(runID) // someone else moved the head, a lost fence or a seen key: the full path answers
 		return nil, false, nil
-	case len(created):
-	default:
-		// Cannot happen (see above); never retry on the full path, which
-		// would append the applied ones again.
-		s.heads.forget(runID)
-		return nil, true, fmt.Errorf("postgres: append to run %s: %d of %d events applied", runID, valid, len(created))
 	}
 	evs := make([]store.Event, len(calls))
 	notices := make([]store.Notice, len(calls))
 	for i, c := range calls {
 		evs[i] = c.ev
-		evs[i].CreatedAt = created[i].Time.UTC()
+		evs[i].CreatedAt = created[i]
 		notices[i] = store.Notice{Kind: store.NoticeEvent, RunID: runID, Seq: c.ev.Seq}
 	}
-	s.heads.put(runID, hd)
+	s.heads.put(runID, calls[len(calls)-1].next)
 	s.notes.publish(notices...)
 	return evs, true, nil
 }

@@ -92,6 +92,8 @@ type Store struct {
 	heads heads
 	// notes sends the notices of committed run writes (see notifier).
 	notes *notifier
+	// group commits the fast appends of many runs together (see group.go).
+	group *groupCommitter
 
 	// Listener state across all Watch calls: ListenerUp is true when at least
 	// one Watch is active and all active ones are connected.
@@ -187,10 +189,17 @@ func Open(ctx context.Context, rawURL string, opts ...Option) (*Store, error) {
 		done:         make(chan struct{}),
 	}
 	s.notes = newNotifier(s)
-	s.loops.Add(1)
+	// A quarter of the pool: enough flushers that an append rarely waits
+	// for one, few enough that under load each call carries many runs.
+	s.group = newGroupCommitter(s, max(2, int(pcfg.MaxConns)/4))
+	s.loops.Add(2)
 	go func() {
 		defer s.loops.Done()
 		s.notes.run(s.done)
+	}()
+	go func() {
+		defer s.loops.Done()
+		s.group.run(s.done)
 	}()
 	if cfg.migrate {
 		if err := s.Migrate(ctx); err != nil {

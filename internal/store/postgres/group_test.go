@@ -1,0 +1,189 @@
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/oaruntime/oaruntime/internal/runs"
+	"github.com/oaruntime/oaruntime/internal/store"
+)
+
+// One call of oa_append_group carries runs whose appends must apply and
+// runs whose appends must not (stale head, lost fence, seen key, a second
+// entry for a run): the first apply, the others are left exactly as they
+// were, and each member learns which it is.
+func TestAppendGroupMixedOutcomes(t *testing.T) {
+	s := newTestStore(t)
+	ctx := context.Background()
+	p := json.RawMessage(`{}`)
+	fences := map[string]*store.Fence{}
+	for _, id := range []string{"ok", "stale", "fenced", "key", "finish"} {
+		mustCreateRun(t, s, id)
+		mustFrame(t, s, id, "f1")
+		g, err := s.AcquireLease(ctx, id, "node-a", time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fences[id] = g.Lease.Fence()
+		if _, _, err := s.AppendEvent(ctx, store.AppendInput{RunID: id, EventType: "run.started", Payload: p,
+			IdempotencyKey: "start", Fence: fences[id]}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// "stale": another writer moved the head behind the driver's back.
+	if _, err := s.pool.Exec(ctx, `UPDATE runs SET head_hash = 'moved' WHERE run_id = 'stale'`); err != nil {
+		t.Fatal(err)
+	}
+	// "fenced": the lease now belongs to someone else.
+	if _, err := s.pool.Exec(ctx, `UPDATE run_leases SET owner = 'node-b', generation = generation + 1 WHERE run_id = 'fenced'`); err != nil {
+		t.Fatal(err)
+	}
+	before := snapshot(t, s, "stale", "fenced", "key")
+
+	entry := func(id string, in ...store.AppendInput) *groupEntry {
+		t.Helper()
+		calls, ok := s.prepareFastMany(in)
+		if !ok {
+			t.Fatalf("%s: fast path does not apply", id)
+		}
+		e := &groupEntry{runID: id, calls: calls, done: make(chan groupOutcome, 1)}
+		e.state.Store(entryTaken)
+		return e
+	}
+	delta := func(id, key string) store.AppendInput {
+		return store.AppendInput{RunID: id, EventType: "run.delta", Payload: json.RawMessage(`{"text":"x"}`), IdempotencyKey: key, Fence: fences[id]}
+	}
+	batch := []*groupEntry{
+		entry("ok", delta("ok", "d1")),
+		entry("stale", delta("stale", "")),
+		entry("fenced", delta("fenced", "")),
+		entry("key", delta("key", "start")), // "start" is taken by run.started
+		entry("finish", delta("finish", "answer"), store.AppendInput{RunID: "finish", EventType: "run.finished",
+			Payload: json.RawMessage(`{"status":"succeeded"}`), Fence: fences["finish"]}),
+		entry("ok", delta("ok", "d2")), // a second entry for "ok" in the same call
+	}
+	s.group.flush(ctx, batch)
+	want := []bool{true, false, false, false, true, false}
+	for i, e := range batch {
+		o := <-e.done
+		if o.err != nil || o.applied != want[i] {
+			t.Fatalf("entry %d (%s): applied=%t err=%v, want applied=%t", i, e.runID, o.applied, o.err, want[i])
+		}
+		if o.applied && (len(o.created) != len(e.calls) || o.created[0].IsZero()) {
+			t.Fatalf("entry %d (%s): created %v", i, e.runID, o.created)
+		}
+	}
+	if after := snapshot(t, s, "stale", "fenced", "key"); after != before {
+		t.Fatalf("runs that were not applied changed:\n before %s\n after  %s", before, after)
+	}
+	r, err := s.GetRun(ctx, "finish")
+	if err != nil || r.Status != store.StatusSucceeded || r.LatestSeq != 3 || r.TerminalAt == nil {
+		t.Fatalf("finish: %+v %v", r, err)
+	}
+	var state string
+	var progress int64
+	if err := s.pool.QueryRow(ctx, `SELECT state, last_progress_seq FROM run_leases WHERE run_id = 'finish'`).Scan(&state, &progress); err != nil || state != "released" || progress != 3 {
+		t.Fatalf("finish lease: %s progress %d %v, want released at 3", state, progress, err)
+	}
+	if err := s.pool.QueryRow(ctx, `SELECT state, last_progress_seq FROM run_leases WHERE run_id = 'ok'`).Scan(&state, &progress); err != nil || state != "held" || progress != 2 {
+		t.Fatalf("ok lease: %s progress %d %v, want held at 2", state, progress, err)
+	}
+	for _, id := range []string{"ok", "finish"} {
+		checkChain(t, s, id)
+	}
+}
+
+// snapshot renders the run rows, leases and logs of ids.
+func snapshot(t *testing.T, s *Store, ids ...string) string {
+	t.Helper()
+	var out string
+	err := s.pool.QueryRow(context.Background(), `SELECT string_agg(x, ' | ' ORDER BY x) FROM (
+		SELECT format('%s %s %s %s %s', r.run_id, r.status, r.latest_seq, r.head_hash, r.updated_at) AS x FROM runs r WHERE r.run_id = ANY($1)
+		UNION ALL SELECT format('lease %s %s %s %s %s', l.run_id, l.state, l.owner, l.last_progress_seq, l.heartbeat_at) FROM run_leases l WHERE l.run_id = ANY($1)
+		UNION ALL SELECT format('event %s %s', e.run_id, e.seq) FROM run_events e WHERE e.run_id = ANY($1)) q`, ids).Scan(&out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func checkChain(t *testing.T, s *Store, runID string) {
+	t.Helper()
+	evs, err := s.ListEvents(context.Background(), runID, 0, 10000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prev := ""
+	for i, e := range evs {
+		if e.Seq != int64(i+1) || e.PrevHash != prev || e.EventHash != runs.EventHash(e.RunID, e.Seq, e.EventType, e.Payload, prev) {
+			t.Fatalf("run %s: event %d (seq %d) breaks the chain", runID, i, e.Seq)
+		}
+		prev = e.EventHash
+	}
+	r, err := s.GetRun(context.Background(), runID)
+	if err != nil || r.LatestSeq != int64(len(evs)) {
+		t.Fatalf("run %s: latest_seq %d with %d events (%v)", runID, r.LatestSeq, len(evs), err)
+	}
+}
+
+// Many runs appended at once by many goroutines, two nodes, fenced and
+// terminal: every log gap-free and chained, every run finished and its
+// lease released.
+func TestAppendGroupConcurrentRuns(t *testing.T) {
+	a := newTestStore(t)
+	b := openReplica(t, a)
+	ctx := context.Background()
+	const n, deltas = 60, 5
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		id := fmt.Sprintf("run-%02d", i)
+		mustCreateRun(t, a, id)
+		wg.Go(func() {
+			s := []*Store{a, b}[i%2]
+			g, err := s.AcquireLease(ctx, id, "node", time.Minute)
+			if err != nil {
+				errs <- err
+				return
+			}
+			f := g.Lease.Fence()
+			in := []store.AppendInput{{RunID: id, EventType: "run.started", Payload: json.RawMessage(`{}`), Fence: f}}
+			for j := range deltas {
+				in = append(in, store.AppendInput{RunID: id, EventType: "run.delta", Payload: json.RawMessage(fmt.Sprintf(`{"j":%d}`, j)), Fence: f})
+			}
+			for _, x := range in {
+				if _, _, err := s.AppendEvent(ctx, x); err != nil {
+					errs <- fmt.Errorf("%s %s: %w", id, x.EventType, err)
+					return
+				}
+			}
+			if _, err := s.AppendEvents(ctx, []store.AppendInput{
+				{RunID: id, EventType: "run.delta", Payload: json.RawMessage(`{"last":true}`), Fence: f},
+				{RunID: id, EventType: "run.finished", Payload: json.RawMessage(`{"status":"succeeded"}`), Fence: f},
+			}); err != nil {
+				errs <- fmt.Errorf("%s finish: %w", id, err)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	for i := range n {
+		id := fmt.Sprintf("run-%02d", i)
+		checkChain(t, a, id)
+		r, err := a.GetRun(ctx, id)
+		if err != nil || r.Status != store.StatusSucceeded || r.LatestSeq != deltas+3 {
+			t.Fatalf("%s: %+v %v", id, r, err)
+		}
+	}
+	var held int
+	if err := a.pool.QueryRow(ctx, `SELECT count(*) FROM run_leases WHERE state = 'held'`).Scan(&held); err != nil || held != 0 {
+		t.Fatalf("%d leases still held (%v)", held, err)
+	}
+}
