@@ -44,20 +44,18 @@ func TestAppendGroupMixedOutcomes(t *testing.T) {
 	}
 	before := snapshot(t, s, "stale", "fenced", "key")
 
-	entry := func(id string, in ...store.AppendInput) *groupEntry {
+	entry := func(id string, in ...store.AppendInput) groupEntry {
 		t.Helper()
 		calls, ok := s.prepareFastMany(in)
 		if !ok {
 			t.Fatalf("%s: fast path does not apply", id)
 		}
-		e := &groupEntry{runID: id, calls: calls, done: make(chan groupOutcome, 1)}
-		e.state.Store(entryTaken)
-		return e
+		return groupEntry{runID: id, calls: calls}
 	}
 	delta := func(id, key string) store.AppendInput {
 		return store.AppendInput{RunID: id, EventType: "run.delta", Payload: json.RawMessage(`{"text":"x"}`), IdempotencyKey: key, Fence: fences[id]}
 	}
-	batch := []*groupEntry{
+	batch := []groupEntry{
 		entry("ok", delta("ok", "d1")),
 		entry("stale", delta("stale", "")),
 		entry("fenced", delta("fenced", "")),
@@ -66,10 +64,10 @@ func TestAppendGroupMixedOutcomes(t *testing.T) {
 			Payload: json.RawMessage(`{"status":"succeeded"}`), Fence: fences["finish"]}),
 		entry("ok", delta("ok", "d2")), // a second entry for "ok" in the same call
 	}
-	s.group.flush(ctx, batch)
+	outcomes := s.applyAppends(ctx, batch)
 	want := []bool{true, false, false, false, true, false}
 	for i, e := range batch {
-		o := <-e.done
+		o := outcomes[i]
 		if o.err != nil || o.applied != want[i] {
 			t.Fatalf("entry %d (%s): applied=%t err=%v, want applied=%t", i, e.runID, o.applied, o.err, want[i])
 		}
@@ -185,5 +183,106 @@ func TestAppendGroupConcurrentRuns(t *testing.T) {
 	var held int
 	if err := a.pool.QueryRow(ctx, `SELECT count(*) FROM run_leases WHERE state = 'held'`).Scan(&held); err != nil || held != 0 {
 		t.Fatalf("%d leases still held (%v)", held, err)
+	}
+}
+
+// New runs and frames of many requests in one call: the new ones insert,
+// the rest (a run id or frame id seen before, in the table or earlier in
+// the call; a frame of an unknown run) are left for the full path.
+func TestCreateAndFrameGroupMixedOutcomes(t *testing.T) {
+	s := newTestStore(t)
+	ctx := context.Background()
+	mustCreateRun(t, s, "old")
+	mustFrame(t, s, "old", "f0")
+
+	item := func(id string) createItem {
+		return createItem{runID: id, threadID: "th-" + id, owner: "user:1", docs: [][]byte{nil, nil, nil, nil, []byte(`{"k":"` + id + `"}`)}}
+	}
+	creates := []createItem{item("b"), item("a"), item("old"), item("a")}
+	got := s.applyCreates(ctx, creates)
+	for i, want := range []bool{true, true, false, false} {
+		if got[i].err != nil || got[i].inserted != want {
+			t.Fatalf("create %d (%s): inserted=%t err=%v, want %t", i, creates[i].runID, got[i].inserted, got[i].err, want)
+		}
+	}
+	if r := got[1].run; r.RunID != "a" || r.ThreadID != "th-a" || string(r.Metadata) != `{"k":"a"}` || r.Status != store.StatusCreated {
+		t.Fatalf("created run: %+v", r)
+	}
+	var leases int
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM run_leases WHERE run_id IN ('a', 'b')`).Scan(&leases); err != nil || leases != 2 {
+		t.Fatalf("lease rows of new runs: %d %v", leases, err)
+	}
+	// The full path answers the ones left out: a replay of the same fields.
+	if _, created, err := s.CreateRun(ctx, store.CreateRunInput{RunID: "a", ThreadID: "th-a", OwnerSub: "user:1",
+		Metadata: json.RawMessage(`{"k":"a"}`)}); err != nil || created {
+		t.Fatalf("create a again: created=%t %v", created, err)
+	}
+
+	frame := func(run, id string) frameItem {
+		p := []byte(`{"text":"` + id + `"}`)
+		return frameItem{runID: run, frameID: id, typ: "user_message", payload: p, hash: runs.PayloadHash(p)}
+	}
+	frames := []frameItem{frame("b", "f1"), frame("a", "f1"), frame("a", "f2"), frame("missing", "f1"),
+		frame("old", "f0"), frame("a", "f1"), frame("old", "f1")}
+	fs := s.applyFrames(ctx, frames)
+	for i, want := range []bool{true, true, true, false, false, false, true} {
+		if fs[i].err != nil || fs[i].inserted != want {
+			t.Fatalf("frame %d (%s/%s): inserted=%t err=%v, want %t", i, frames[i].runID, frames[i].frameID, fs[i].inserted, fs[i].err, want)
+		}
+		if want && (fs[i].frame.RunID != frames[i].runID || fs[i].frame.FrameID != frames[i].frameID || string(fs[i].frame.Payload) != string(frames[i].payload)) {
+			t.Fatalf("frame %d: stored %+v", i, fs[i].frame)
+		}
+	}
+	if fs[1].frame.ID >= fs[2].frame.ID {
+		t.Fatalf("frames of run a out of order: f1 id %d, f2 id %d", fs[1].frame.ID, fs[2].frame.ID)
+	}
+	var n int
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM frames`).Scan(&n); err != nil || n != 5 {
+		t.Fatalf("%d frames stored (%v), want 5", n, err)
+	}
+}
+
+// Many requests at once, with repeats: each run and frame is stored once,
+// every repeat is answered as a replay, and each run's frames have ids in
+// the order their requests were answered.
+func TestCreateAndFrameGroupConcurrent(t *testing.T) {
+	s := newTestStore(t)
+	ctx := context.Background()
+	const runsN, framesN = 40, 5
+	var wg sync.WaitGroup
+	errs := make(chan error, runsN*4)
+	for i := range runsN {
+		id := fmt.Sprintf("run-%02d", i)
+		for range 2 { // each run created twice at once
+			wg.Go(func() {
+				if _, _, err := s.CreateRun(ctx, store.CreateRunInput{RunID: id, ThreadID: "th", OwnerSub: "user:1"}); err != nil {
+					errs <- err
+					return
+				}
+				var last int64
+				for j := range framesN {
+					f, _, err := s.InsertFrame(ctx, store.InsertFrameInput{RunID: id, FrameID: fmt.Sprintf("f%d", j),
+						Type: "user_message", Payload: json.RawMessage(`{"text":"hi"}`)})
+					if err != nil {
+						errs <- err
+						return
+					}
+					if f.ID <= last {
+						errs <- fmt.Errorf("%s: frame f%d has id %d after %d", id, j, f.ID, last)
+					}
+					last = f.ID
+				}
+			})
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	var nRuns, nFrames, nLeases int
+	if err := s.pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM frames), (SELECT count(*) FROM run_leases)`).
+		Scan(&nRuns, &nFrames, &nLeases); err != nil || nRuns != runsN || nFrames != runsN*framesN || nLeases != runsN {
+		t.Fatalf("stored %d runs, %d frames, %d leases (%v)", nRuns, nFrames, nLeases, err)
 	}
 }

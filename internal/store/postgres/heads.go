@@ -148,7 +148,7 @@ func sameFence(a, b *store.Fence) bool {
 }
 
 // appendFastMany appends consecutive events of one run from the remembered
-// head, all of them or none, through the group committer (group.go), which
+// head, all of them or none, through the appends batcher (group.go), which
 // commits the fast appends of many runs together. ok=false means the fast
 // path did not apply and nothing was written: the caller takes the full
 // path, which decides every outcome (replays, fences, sequence conflicts,
@@ -161,12 +161,15 @@ func (s *Store) appendFastMany(ctx context.Context, in []store.AppendInput) ([]s
 		return nil, false, nil
 	}
 	runID := in[0].RunID
-	created, applied, err := s.group.submit(ctx, runID, calls)
+	o, err := s.appends.submit(ctx, groupEntry{runID: runID, calls: calls})
+	if err == nil {
+		err = o.err
+	}
 	switch {
 	case err != nil:
 		s.heads.forget(runID)
 		return nil, true, fmt.Errorf("postgres: append %s to run %s: %w", store.EventTypes(in), runID, err)
-	case !applied:
+	case !o.applied:
 		s.heads.forget(runID) // someone else moved the head, a lost fence or a seen key: the full path answers
 		return nil, false, nil
 	}
@@ -174,7 +177,7 @@ func (s *Store) appendFastMany(ctx context.Context, in []store.AppendInput) ([]s
 	notices := make([]store.Notice, len(calls))
 	for i, c := range calls {
 		evs[i] = c.ev
-		evs[i].CreatedAt = created[i]
+		evs[i].CreatedAt = o.created[i]
 		notices[i] = store.Notice{Kind: store.NoticeEvent, RunID: runID, Seq: c.ev.Seq}
 	}
 	s.heads.put(runID, calls[len(calls)-1].next)

@@ -92,8 +92,11 @@ type Store struct {
 	heads heads
 	// notes sends the notices of committed run writes (see notifier).
 	notes *notifier
-	// group commits the fast appends of many runs together (see group.go).
-	group *groupCommitter
+	// Group commit (batch.go): fast appends of many runs (group.go), new
+	// runs and new frames (runs.go).
+	appends *batcher[groupEntry, groupOutcome]
+	creates *batcher[createItem, createOutcome]
+	frames  *batcher[frameItem, frameOutcome]
 
 	// Listener state across all Watch calls: ListenerUp is true when at least
 	// one Watch is active and all active ones are connected.
@@ -189,18 +192,19 @@ func Open(ctx context.Context, rawURL string, opts ...Option) (*Store, error) {
 		done:         make(chan struct{}),
 	}
 	s.notes = newNotifier(s)
-	// A quarter of the pool: enough flushers that an append rarely waits
-	// for one, few enough that under load each call carries many runs.
-	s.group = newGroupCommitter(s, max(2, int(pcfg.MaxConns)/4))
-	s.loops.Add(2)
-	go func() {
-		defer s.loops.Done()
-		s.notes.run(s.done)
-	}()
-	go func() {
-		defer s.loops.Done()
-		s.group.run(s.done)
-	}()
+	// A quarter of the pool: enough flushers that a write rarely waits
+	// for one, few enough that under load each call carries many.
+	flushers := max(2, int(pcfg.MaxConns)/4)
+	s.appends = newBatcher(flushers, s.applyAppends)
+	s.creates = newBatcher(flushers, s.applyCreates)
+	s.frames = newBatcher(flushers, s.applyFrames)
+	for _, run := range []func(<-chan struct{}){s.notes.run, s.appends.run, s.creates.run, s.frames.run} {
+		s.loops.Add(1)
+		go func() {
+			defer s.loops.Done()
+			run(s.done)
+		}()
+	}
 	if cfg.migrate {
 		if err := s.Migrate(ctx); err != nil {
 			_ = s.Close()

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -117,27 +118,23 @@ func (s *Store) CreateRun(ctx context.Context, in store.CreateRunInput) (store.R
 		docs[i] = c
 	}
 
-	// The common case, a new run, is one statement: the run and its lease
-	// row. A run id seen before takes the transaction below, which compares.
-	args := []any{in.RunID, in.ThreadID, in.OwnerSub,
-		jsonParam(docs[0]), jsonParam(docs[1]), jsonParam(docs[2]), jsonParam(docs[3]), jsonParam(docs[4])}
-	run, err := scanRun(s.pool.QueryRow(ctx, `
-		WITH r AS (
-			INSERT INTO runs (run_id, thread_id, owner_sub, provider, tools, authorization_doc, output_schema, metadata)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-			ON CONFLICT (run_id) DO NOTHING
-			RETURNING `+runCols+`
-		), l AS (
-			INSERT INTO run_leases (run_id) SELECT run_id FROM r
-		)
-		SELECT `+runCols+` FROM r`, args...))
+	// The common case, a new run, goes with the others waiting (one
+	// statement, one commit: applyCreates). A run id seen before takes the
+	// transaction below, which compares.
+	o, err := s.creates.submit(ctx, createItem{runID: in.RunID, threadID: in.ThreadID, owner: in.OwnerSub, docs: docs})
 	if err == nil {
-		s.heads.put(run.RunID, head{status: run.Status})
-		return run, true, nil
+		err = o.err
 	}
-	if !errors.Is(err, pgx.ErrNoRows) {
+	if err != nil {
 		return store.Run{}, false, fmt.Errorf("postgres: create run %s: %w", in.RunID, err)
 	}
+	if o.inserted {
+		s.heads.put(o.run.RunID, head{status: o.run.Status})
+		return o.run, true, nil
+	}
+	args := []any{in.RunID, in.ThreadID, in.OwnerSub,
+		jsonParam(docs[0]), jsonParam(docs[1]), jsonParam(docs[2]), jsonParam(docs[3]), jsonParam(docs[4])}
+	var run store.Run
 	var created bool
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		r, err := scanRun(tx.QueryRow(ctx, `
@@ -262,29 +259,23 @@ func (s *Store) InsertFrame(ctx context.Context, in store.InsertFrameInput) (sto
 	}
 	hash := runs.PayloadHash(payload)
 
-	// The common case, a new frame, is one statement. The run row lock
-	// comes before the frame id is drawn, so the frames of a run commit in
-	// id order and the executor's cursor never skips one. A seen frame id or
-	// an unknown run takes the transaction below, which tells them apart.
-	frame, err := scanFrame(s.pool.QueryRow(ctx, `
-		WITH locked AS (
-			SELECT run_id FROM runs WHERE run_id = $1 FOR NO KEY UPDATE
-		), ins AS (
-			INSERT INTO frames (run_id, frame_id, frame_type, payload, payload_hash, traceparent, tracestate, request_id)
-			SELECT run_id, $2, $3, $4, $5, $6, $7, $8 FROM locked
-			ON CONFLICT (run_id, frame_id) DO NOTHING
-			RETURNING `+frameCols+`
-		)
-		SELECT `+frameCols+` FROM ins`,
-		in.RunID, in.FrameID, in.Type, string(payload), hash,
-		in.Trace.TraceParent, in.Trace.TraceState, in.Trace.RequestID))
+	// The common case, a new frame, goes with the others waiting (one call,
+	// one commit: applyFrames); the run row is locked before the frame id is
+	// drawn, so the frames of a run commit in id order and the executor's
+	// cursor never skips one. A seen frame id or an unknown run takes the
+	// transaction below, which tells them apart.
+	o, err := s.frames.submit(ctx, frameItem{runID: in.RunID, frameID: in.FrameID, typ: in.Type, payload: payload, hash: hash, trace: in.Trace})
 	if err == nil {
-		s.notes.publish(store.Notice{Kind: store.NoticeFrame, RunID: in.RunID})
-		return frame, true, nil
+		err = o.err
 	}
-	if !errors.Is(err, pgx.ErrNoRows) {
+	if err != nil {
 		return store.Frame{}, false, fmt.Errorf("postgres: insert frame %s/%s: %w", in.RunID, in.FrameID, err)
 	}
+	if o.inserted {
+		s.notes.publish(store.Notice{Kind: store.NoticeFrame, RunID: in.RunID})
+		return o.frame, true, nil
+	}
+	var frame store.Frame
 	var inserted bool
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var one int
@@ -343,4 +334,150 @@ func (s *Store) NextFrame(ctx context.Context, runID string, afterID int64) (sto
 		return store.Frame{}, fmt.Errorf("postgres: next frame of %s after %d: %w", runID, afterID, err)
 	}
 	return f, nil
+}
+
+// createItem is a new run waiting for applyCreates; docs are the canonical
+// provider, tools, authorization, output_schema and metadata (nil: NULL).
+type createItem struct {
+	runID, threadID, owner string
+	docs                   [][]byte
+}
+
+// createOutcome: inserted=false without an error means nothing was written
+// (the run id exists, or the call was refused) and the full path decides.
+type createOutcome struct {
+	run      store.Run
+	inserted bool
+	err      error
+}
+
+// applyCreates inserts new runs and their lease rows in one statement. A
+// run id seen before (in the table or earlier in the batch) is skipped for
+// the full path. Run ids go in byte order, so that two calls inserting the
+// same ids wait for each other in one order, never in a cycle.
+func (s *Store) applyCreates(ctx context.Context, items []createItem) []createOutcome {
+	out := make([]createOutcome, len(items))
+	order := firstOf(len(items), func(i int) string { return items[i].runID })
+	slices.SortFunc(order, func(x, y int) int { return strings.Compare(items[x].runID, items[y].runID) })
+	cols := make([][]*string, 8)
+	for _, i := range order {
+		it := items[i]
+		cols[0] = append(cols[0], &it.runID)
+		cols[1] = append(cols[1], &it.threadID)
+		cols[2] = append(cols[2], &it.owner)
+		for d := range 5 {
+			var v *string
+			if it.docs[d] != nil {
+				v = new(string(it.docs[d]))
+			}
+			cols[3+d] = append(cols[3+d], v)
+		}
+	}
+	args := make([]any, len(cols))
+	for i, c := range cols {
+		args[i] = c
+	}
+	rows, err := s.pool.Query(ctx, `
+		WITH r AS (
+			INSERT INTO runs (run_id, thread_id, owner_sub, provider, tools, authorization_doc, output_schema, metadata)
+			SELECT x.run_id, x.thread_id, x.owner_sub, x.provider::json, x.tools::json, x.authz::json,
+				x.output_schema::json, x.metadata::json
+			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])
+				AS x(run_id, thread_id, owner_sub, provider, tools, authz, output_schema, metadata)
+			ON CONFLICT (run_id) DO NOTHING
+			RETURNING `+runCols+`
+		), l AS (
+			INSERT INTO run_leases (run_id) SELECT run_id FROM r
+		)
+		SELECT `+runCols+` FROM r`, args...)
+	got := map[string]store.Run{}
+	if err == nil {
+		for rows.Next() {
+			var x runScanner
+			if err = rows.Scan(x.dest()...); err != nil {
+				break
+			}
+			got[x.r.RunID] = x.run()
+		}
+		rows.Close()
+		if err == nil {
+			err = rows.Err()
+		}
+	}
+	for _, i := range order {
+		r, ok := got[items[i].runID]
+		switch {
+		case refusedCall(err):
+		case err != nil:
+			out[i].err = err
+		case ok:
+			out[i] = createOutcome{run: r, inserted: true}
+		}
+	}
+	return out
+}
+
+// frameItem is a new frame waiting for applyFrames; payload is canonical.
+type frameItem struct {
+	runID, frameID, typ string
+	payload             []byte
+	hash                string
+	trace               store.TraceContext
+}
+
+// frameOutcome: inserted=false without an error means nothing was written
+// (an unknown run, a seen frame id, or a refused call) and the full path
+// decides.
+type frameOutcome struct {
+	frame    store.Frame
+	inserted bool
+	err      error
+}
+
+// applyFrames inserts new frames of many runs in one call of
+// oa_insert_frames (migration 00070): grouped by run in run_id order (the
+// lock order between calls), each run's frames in the order they came.
+func (s *Store) applyFrames(ctx context.Context, items []frameItem) []frameOutcome {
+	out := make([]frameOutcome, len(items))
+	key := func(runID, frameID string) string { return runID + "\x00" + frameID }
+	order := firstOf(len(items), func(i int) string { return key(items[i].runID, items[i].frameID) })
+	slices.SortStableFunc(order, func(x, y int) int { return strings.Compare(items[x].runID, items[y].runID) })
+	cols := make([][]string, 8)
+	for _, i := range order {
+		it := items[i]
+		for c, v := range []string{it.runID, it.frameID, it.typ, string(it.payload), it.hash,
+			it.trace.TraceParent, it.trace.TraceState, it.trace.RequestID} {
+			cols[c] = append(cols[c], v)
+		}
+	}
+	args := make([]any, len(cols))
+	for i, c := range cols {
+		args[i] = c
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+frameCols+` FROM oa_insert_frames($1, $2, $3, $4, $5, $6, $7, $8)`, args...)
+	got := map[string]store.Frame{}
+	if err == nil {
+		for rows.Next() {
+			var f store.Frame
+			if f, err = scanFrame(rows); err != nil {
+				break
+			}
+			got[key(f.RunID, f.FrameID)] = f
+		}
+		rows.Close()
+		if err == nil {
+			err = rows.Err()
+		}
+	}
+	for _, i := range order {
+		f, ok := got[key(items[i].runID, items[i].frameID)]
+		switch {
+		case refusedCall(err):
+		case err != nil:
+			out[i].err = err
+		case ok:
+			out[i] = frameOutcome{frame: f, inserted: true}
+		}
+	}
+	return out
 }

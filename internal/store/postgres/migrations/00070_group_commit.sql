@@ -1,8 +1,12 @@
--- Group commit of appends. Many executors append to many runs at once, each
--- a transaction of its own: under load PostgreSQL spends most of its time on
--- the per-statement and per-commit work, not on the rows. oa_append_group
--- applies the fast appends (see oa_append_fast in 00060) of many runs in one
--- call and one commit, set-based.
+-- Group commit (see batch.go in the driver). Many executors append to many
+-- runs at once and many requests create runs and frames, each a transaction
+-- of its own: under load PostgreSQL spends most of its time on per-statement
+-- and per-commit work, not on rows. These functions apply many such writes in
+-- one call and one commit. (New runs need no function: one INSERT ... SELECT
+-- FROM unnest does.)
+--
+-- oa_append_group applies the fast appends (see oa_append_fast in 00060) of
+-- many runs.
 --
 -- Input: one row per run (g_*: the head the driver remembered, the head
 -- after the run's events, and the run-level effects of those events) and one
@@ -101,5 +105,41 @@ END
 $$;
 -- +goose StatementEnd
 
+-- oa_insert_frames inserts new frames of many runs, in the order given
+-- (the driver groups them by run, in run_id order). Each run's row is locked
+-- before its frames draw their ids, as InsertFrame does, so that the frames of
+-- a run commit in id order. A frame of a missing run, or whose frame_id is
+-- taken, is skipped: the driver sends it to InsertFrame's full path, which
+-- tells not-found, replay and conflict apart. Returns the inserted frames.
+-- +goose StatementBegin
+CREATE FUNCTION oa_insert_frames(
+    f_run_id text[], f_frame_id text[], f_type text[], f_payload text[], f_hash text[],
+    f_traceparent text[], f_tracestate text[], f_request_id text[]
+) RETURNS SETOF frames
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_run   text;
+    v_found boolean := false;
+BEGIN
+    FOR i IN 1 .. coalesce(array_length(f_run_id, 1), 0) LOOP
+        IF v_run IS DISTINCT FROM f_run_id[i] THEN
+            v_run := f_run_id[i];
+            PERFORM 1 FROM runs WHERE run_id = v_run FOR NO KEY UPDATE;
+            v_found := FOUND;
+        END IF;
+        CONTINUE WHEN NOT v_found;
+        RETURN QUERY WITH ins AS (
+            INSERT INTO frames (run_id, frame_id, frame_type, payload, payload_hash, traceparent, tracestate, request_id)
+            VALUES (v_run, f_frame_id[i], f_type[i], f_payload[i]::json, f_hash[i],
+                    f_traceparent[i], f_tracestate[i], f_request_id[i])
+            ON CONFLICT (run_id, frame_id) DO NOTHING
+            RETURNING frames.*)
+        SELECT * FROM ins;
+    END LOOP;
+END
+$$;
+-- +goose StatementEnd
+
 -- +goose Down
+DROP FUNCTION oa_insert_frames;
 DROP FUNCTION oa_append_group;
