@@ -20,29 +20,30 @@ func WorkerDocKey(workerID string) string { return "runtime/codex_worker_summary
 
 // WorkerSummary is the codex_worker_summary document (fields of the
 // original, see reference/original-khala-sync.md section 1). Absent values
-// are JSON null; metadata is an object ({} when none was given).
+// are JSON null; metadata is an object ({} when none was given). Fields in
+// the byte order of their JSON names, as RunSummary's.
 type WorkerSummary struct {
-	DocumentID        string          `json:"document_id"`
-	Kind              string          `json:"kind"`
-	WorkerID          string          `json:"worker_id"`
-	Status            string          `json:"status"`
-	OwnerUserID       *string         `json:"owner_user_id"`
-	OwnerGuestScope   *string         `json:"owner_guest_scope"`
-	WorkspaceRef      *string         `json:"workspace_ref"`
-	CodexHomeRef      *string         `json:"codex_home_ref"`
 	Adapter           *string         `json:"adapter"`
-	Metadata          json.RawMessage `json:"metadata"`
-	LatestSeq         int64           `json:"latest_seq"`
+	CodexHomeRef      *string         `json:"codex_home_ref"`
+	DocumentID        string          `json:"document_id"`
 	EventCount        int64           `json:"event_count"`
-	LatestEventType   *string         `json:"latest_event_type"`
-	LatestEventAt     *string         `json:"latest_event_at"`
-	StartedAt         string          `json:"started_at"`
-	StoppedAt         *string         `json:"stopped_at"`
+	Kind              string          `json:"kind"`
 	LastHeartbeatAt   *string         `json:"last_heartbeat_at"`
-	UpdatedAt         string          `json:"updated_at"`
-	RuntimeSource     RuntimeSource   `json:"runtime_source"`
-	ProjectionVersion string          `json:"projection_version"`
+	LatestEventAt     *string         `json:"latest_event_at"`
+	LatestEventType   *string         `json:"latest_event_type"`
+	LatestSeq         int64           `json:"latest_seq"`
+	Metadata          json.RawMessage `json:"metadata"`
+	OwnerGuestScope   *string         `json:"owner_guest_scope"`
+	OwnerUserID       *string         `json:"owner_user_id"`
 	ProjectedAt       string          `json:"projected_at"`
+	ProjectionVersion string          `json:"projection_version"`
+	RuntimeSource     RuntimeSource   `json:"runtime_source"`
+	StartedAt         string          `json:"started_at"`
+	Status            string          `json:"status"`
+	StoppedAt         *string         `json:"stopped_at"`
+	UpdatedAt         string          `json:"updated_at"`
+	WorkerID          string          `json:"worker_id"`
+	WorkspaceRef      *string         `json:"workspace_ref"`
 }
 
 // BuildWorkerSummary rebuilds a worker's summary from its row and its events
@@ -108,20 +109,21 @@ func encodeWorkerSummary(s WorkerSummary) (json.RawMessage, string, error) {
 // WorkerEventDocument is one worker event as a document of topic
 // runtime.codex_worker_events. Like the original's lane it carries both the
 // snake_case and the camelCase keys. It has no projected_at: an event
-// document never changes, so a rebuild is byte for byte the same.
+// document never changes, so a rebuild is byte for byte the same. Fields in
+// the byte order of their JSON names, as RunSummary's.
 type WorkerEventDocument struct {
 	DocumentID        string          `json:"document_id"`
-	Kind              string          `json:"kind"`
-	WorkerID          string          `json:"worker_id"`
-	WorkerIDCamel     string          `json:"workerId"`
-	Seq               int64           `json:"seq"`
-	EventType         string          `json:"event_type"`
 	EventTypeCamel    string          `json:"eventType"`
-	Payload           json.RawMessage `json:"payload"`
-	OccurredAt        string          `json:"occurred_at"`
+	EventType         string          `json:"event_type"`
+	Kind              string          `json:"kind"`
 	OccurredAtCamel   string          `json:"occurredAt"`
-	RuntimeSource     RuntimeSource   `json:"runtime_source"`
+	OccurredAt        string          `json:"occurred_at"`
+	Payload           json.RawMessage `json:"payload"`
 	ProjectionVersion string          `json:"projection_version"`
+	RuntimeSource     RuntimeSource   `json:"runtime_source"`
+	Seq               int64           `json:"seq"`
+	WorkerIDCamel     string          `json:"workerId"`
+	WorkerID          string          `json:"worker_id"`
 }
 
 // BuildWorkerEventDocument renders one worker event.

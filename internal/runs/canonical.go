@@ -24,6 +24,16 @@ func Canonical(v any) ([]byte, error) {
 
 // CanonicalizeRaw re-encodes raw JSON canonically. Empty input encodes as {}.
 func CanonicalizeRaw(raw []byte) ([]byte, error) {
+	// Most payloads arrive canonical already (the runtime's own, and what
+	// clients send most): checking costs a fraction of re-encoding.
+	if isCanonical(raw) {
+		return bytes.Clone(raw), nil
+	}
+	return canonicalizeSlow(raw)
+}
+
+// canonicalizeSlow decodes and re-encodes: the definition of canonical.
+func canonicalizeSlow(raw []byte) ([]byte, error) {
 	if len(bytes.TrimSpace(raw)) == 0 {
 		return []byte("{}"), nil
 	}

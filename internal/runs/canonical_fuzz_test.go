@@ -199,3 +199,58 @@ func (r respell) str(b *bytes.Buffer, s string) {
 	sb.WriteByte('"')
 	b.WriteString(sb.String())
 }
+
+// FuzzCanonicalFastPath checks CanonicalizeRaw's shortcut against the
+// definition: whenever isCanonical accepts an input, re-encoding it gives
+// the same bytes; and the shortcut is not vacuous: every canonical output
+// without escapes (which it declines by design) is accepted.
+//
+//	go test -run '^$' -fuzz '^FuzzCanonicalFastPath$' -fuzztime 60s -fuzzminimizetime 2s ./internal/runs/
+func FuzzCanonicalFastPath(f *testing.F) {
+	for _, s := range []string{
+		`{}`, `[]`, `null`, `true`, `false`, `0`, `-0`, `1E400`, `0.10`, `-1.5e-7`, `""`, `"é😀"`,
+		`{"a":1,"b":[1,2,{"c":true,"d":null}]}`, `{"a":1,"a":2}`, `{"b":1,"a":2}`, `{"":1,"E":2,"e":3,"é":4}`,
+		`{"html":"<a>&</a>"}`, `{"ls":"` + "\u2028" + `"}`, `"\ufffd"`, "\"\xef\xbf\xbd\"", "\"\xff\"",
+		`[1,]`, `01`, `-`, `1.`, `1e`, `1e+`, `{"a" :1}`, ` {}`, `{} `, `[[[[[[[[1]]]]]]]]`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		if isCanonical(in) {
+			slow, err := canonicalizeSlow(in)
+			if err != nil || !bytes.Equal(slow, in) {
+				t.Fatalf("fast path accepted %q, slow path gives %q (%v)", in, slow, err)
+			}
+		}
+		out, err := canonicalizeSlow(in)
+		if err != nil {
+			return
+		}
+		if !bytes.ContainsAny(out, "\\\ufffd") && !isCanonical(out) && depth(out) <= maxFastDepth {
+			t.Fatalf("fast path declines the canonical %q (from %q)", out, in)
+		}
+		if got, err := CanonicalizeRaw(in); err != nil || !bytes.Equal(got, out) {
+			t.Fatalf("CanonicalizeRaw(%q) = %q (%v), slow path %q", in, got, err, out)
+		}
+	})
+}
+
+// depth is the deepest nesting of brackets in b outside strings (b is valid
+// JSON).
+func depth(b []byte) int {
+	d, most, inStr := 0, 0, false
+	for i := 0; i < len(b); i++ {
+		switch c := b[i]; {
+		case inStr && c == '\\':
+			i++
+		case c == '"':
+			inStr = !inStr
+		case !inStr && (c == '{' || c == '['):
+			d++
+			most = max(most, d)
+		case !inStr && (c == '}' || c == ']'):
+			d--
+		}
+	}
+	return most
+}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 )
 
@@ -124,6 +125,44 @@ func TestTransitionTable(t *testing.T) {
 		}
 		if c.ok && out.Status != c.to {
 			t.Errorf("%s %s: to %s want %s", c.from, c.event, out.Status, c.to)
+		}
+	}
+}
+
+func TestDropMember(t *testing.T) {
+	for _, tc := range []struct {
+		doc  string
+		ok   bool
+		want string
+	}{
+		{`{"a":1,"projected_at":"t","z":[1]}`, true, `{"a":1,"z":[1]}`},
+		{`{"projected_at":"t","z":{"projected_at":1}}`, true, `{"z":{"projected_at":1}}`},
+		{`{"a":1,"projected_at":{"x":[1,2]}}`, true, `{"a":1}`},
+		{`{"projected_at":"t"}`, true, `{}`},
+		{`{"a":1}`, true, `{"a":1}`},
+		{`{}`, true, `{}`},
+		{`{"z":1,"a":2}`, false, ``},        // not canonical: keys out of order
+		{`{"a": 1}`, false, ``},             // whitespace
+		{`[{"projected_at":1}]`, false, ``}, // not an object
+		{`{"a":"\u00e9"}`, false, ``},       // an escape: not judged
+	} {
+		got, ok := DropMember([]byte(tc.doc), "projected_at")
+		if ok != tc.ok || (ok && string(got) != tc.want) {
+			t.Errorf("DropMember(%s) = %s, %t; want %s, %t", tc.doc, got, ok, tc.want, tc.ok)
+		}
+		if !ok {
+			continue
+		}
+		// The definition: decode, delete, re-encode.
+		var m map[string]any
+		dec := json.NewDecoder(strings.NewReader(tc.doc))
+		dec.UseNumber()
+		if err := dec.Decode(&m); err != nil {
+			t.Fatal(err)
+		}
+		delete(m, "projected_at")
+		if want, err := Canonical(m); err != nil || string(want) != string(got) {
+			t.Errorf("DropMember(%s) = %s, decode/delete/encode gives %s (%v)", tc.doc, got, want, err)
 		}
 	}
 }
