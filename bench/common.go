@@ -59,6 +59,13 @@ func (a *api) createRun(ctx context.Context, runID string) error {
 	return a.Do(ctx, http.MethodPost, "/internal/v1/runs", map[string]any{"run_id": runID, "thread_id": "thread_" + runID}, nil)
 }
 
+// startRun creates a run with its first message in one request (the input
+// field of POST /runs).
+func (a *api) startRun(ctx context.Context, runID string, payload any) error {
+	return a.Do(ctx, http.MethodPost, "/internal/v1/runs", map[string]any{"run_id": runID, "thread_id": "thread_" + runID,
+		"input": map[string]any{"frame_id": "frame_" + randHex(6), "type": "user_message", "payload": payload}}, nil)
+}
+
 func (a *api) sendFrame(ctx context.Context, runID string, payload any) error {
 	return a.Do(ctx, http.MethodPost, "/internal/v1/runs/"+runID+"/frames",
 		map[string]any{"frame_id": "frame_" + randHex(6), "type": "user_message", "payload": payload}, nil)

@@ -73,6 +73,8 @@ func runsCmd(ctx context.Context, args []string) error {
 	poolSize := fs.Int("pool", 16, "PostgreSQL pool size of each side (pool_max_conns / pgxpool MaxConns)")
 	submitters := fs.Int("submitters", 32, "concurrent clients submitting items")
 	only := fs.String("only", "", "\"oaruntime\": measure oaruntime alone (a profiling aid; no ratio, results not saved)")
+	var twoRequests bool
+	fs.BoolVar(&twoRequests, "two-requests", false, "submit each oaruntime run as POST /runs then POST /frames (the way before the input field) instead of one POST /runs with input")
 	sweepFlag := fs.String("sweep", "64,256,1024", "concurrency settings tried (one round each) before the measured rounds; each side keeps its best")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -98,12 +100,21 @@ func runsCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	submit := func(ctx context.Context, a *api, id string) error {
+		if twoRequests {
+			if err := a.createRun(ctx, id); err != nil {
+				return err
+			}
+			return a.sendFrame(ctx, id, map[string]any{"text": "hi"})
+		}
+		return a.startRun(ctx, id, map[string]any{"text": "hi"})
+	}
 	if *only == "oaruntime" {
-		return oaruntimeOnly(ctx, &c, dbURL, *sweepFlag, *rounds, *n, *submitters)
+		return oaruntimeOnly(ctx, &c, dbURL, *sweepFlag, *rounds, *n, *submitters, submit)
 	}
 	res := runsResult{Config: map[string]any{
 		"rounds": *rounds, "n": *n, "pool_max_conns": *poolSize, "submitters": *submitters,
-		"oaruntime_item":  "POST /runs + POST /frames user_message {text:hi}; counted at run.finished succeeded (executor_terminal_total)",
+		"oaruntime_item":  oaItem(twoRequests),
 		"river_item":      "client.Insert(noop job) one by one; counted at EventKindJobCompleted (completion committed)",
 		"river_burn_down": "queue paused, InsertManyFast N, timed from QueueResume until N completed (river bench style)",
 		"river_fetch":     "River defaults (FetchCooldown 100ms, FetchPollInterval 1s)",
@@ -122,10 +133,10 @@ func runsCmd(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
-		_, err = oaruntimeRound(ctx, o.api, 0, 200, *submitters)
+		_, err = oaruntimeRound(ctx, o.api, 0, 200, *submitters, submit)
 		var r roundResult
 		if err == nil {
-			r, err = oaruntimeRound(ctx, o.api, -1, *n, *submitters)
+			r, err = oaruntimeRound(ctx, o.api, -1, *n, *submitters, submit)
 		}
 		o.close()
 		if err != nil {
@@ -177,7 +188,7 @@ func runsCmd(ctx context.Context, args []string) error {
 	}
 	defer rv.close(ctx)
 	oa := o.api
-	oaRound := func(round, n int) (roundResult, error) { return oaruntimeRound(ctx, oa, round, n, *submitters) }
+	oaRound := func(round, n int) (roundResult, error) { return oaruntimeRound(ctx, oa, round, n, *submitters, submit) }
 	rvRound := func(round, n int) (roundResult, error) { return riverRound(ctx, rv, round, n, *submitters) }
 	rvBurn := func(round, n int) (roundResult, error) { return riverBurnDown(ctx, rv, round, n) }
 	// Warm-up (not counted): connections, caches, query plans.
@@ -248,9 +259,19 @@ func runsCmd(ctx context.Context, args []string) error {
 	return saveSection(c.out, func(r *results) { r.Runs = res })
 }
 
+// submitFunc starts one one-message run.
+type submitFunc func(ctx context.Context, a *api, runID string) error
+
+func oaItem(twoRequests bool) string {
+	if twoRequests {
+		return "POST /runs + POST /frames user_message {text:hi}; counted at run.finished succeeded (executor_terminal_total)"
+	}
+	return "POST /runs with input user_message {text:hi} (one request); counted at run.finished succeeded (executor_terminal_total)"
+}
+
 // oaruntimeRound submits n one-message runs and waits until the server has
 // finished n more runs as succeeded, reading its own terminal counter.
-func oaruntimeRound(ctx context.Context, a *api, round, n, submitters int) (roundResult, error) {
+func oaruntimeRound(ctx context.Context, a *api, round, n, submitters int, submit submitFunc) (roundResult, error) {
 	const metric = "openagents_runtime_executor_terminal_total"
 	base, err := a.metricSum(ctx, metric, `status="succeeded"`)
 	if err != nil {
@@ -271,11 +292,7 @@ func oaruntimeRound(ctx context.Context, a *api, round, n, submitters int) (roun
 		wg.Go(func() {
 			for i := range work {
 				id := fmt.Sprintf("run_b%d_%d_%s", round, i, randHex(4))
-				err := a.createRun(ctx, id)
-				if err == nil {
-					err = a.sendFrame(ctx, id, map[string]any{"text": "hi"})
-				}
-				if err != nil {
+				if err := submit(ctx, a, id); err != nil {
 					errs.Add(1)
 					firstErr.CompareAndSwap(nil, err.Error())
 				}
@@ -538,7 +555,7 @@ func projectionTail(ctx context.Context, a *api) time.Duration {
 
 // oaruntimeOnly measures oaruntime alone at each concurrency: a quick loop
 // for profiling the server (OA_RUNTIME_PPROF_ADDR is passed through).
-func oaruntimeOnly(ctx context.Context, c *common, dbURL, sweepFlag string, rounds, n, submitters int) error {
+func oaruntimeOnly(ctx context.Context, c *common, dbURL, sweepFlag string, rounds, n, submitters int, submit submitFunc) error {
 	sweep, err := parseInts(sweepFlag)
 	if err != nil {
 		return fmt.Errorf("--sweep: %w", err)
@@ -548,12 +565,12 @@ func oaruntimeOnly(ctx context.Context, c *common, dbURL, sweepFlag string, roun
 		if err != nil {
 			return err
 		}
-		if _, err := oaruntimeRound(ctx, o.api, 0, 200, submitters); err != nil {
+		if _, err := oaruntimeRound(ctx, o.api, 0, 200, submitters, submit); err != nil {
 			o.close()
 			return err
 		}
 		for i := 1; i <= rounds; i++ {
-			r, err := oaruntimeRound(ctx, o.api, i, n, submitters)
+			r, err := oaruntimeRound(ctx, o.api, i, n, submitters, submit)
 			if err != nil {
 				o.close()
 				return err

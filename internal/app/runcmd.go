@@ -92,7 +92,9 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		payload["script"] = json.RawMessage(b)
 	}
-	body := map[string]any{"run_id": newID("run_"), "thread_id": newID("thread_")}
+	// The run and its message in one request (the input field).
+	body := map[string]any{"run_id": newID("run_"), "thread_id": newID("thread_"),
+		"input": map[string]any{"frame_id": newID("frame_"), "type": "user_message", "payload": payload}}
 	if *providerJSON != "" {
 		if !json.Valid([]byte(*providerJSON)) {
 			fmt.Fprintln(stderr, "oaruntime run: --provider: not valid JSON")
@@ -106,10 +108,6 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	fmt.Fprintf(stderr, "run %s created\n", run.RunID)
-	if _, err := c.SendFrame(ctx, run.RunID, newID("frame_"), "user_message", payload); err != nil {
-		fmt.Fprintln(stderr, "oaruntime run: send frame:", err)
-		return 1
-	}
 	status := ""
 	url := c.BaseURL + "/internal/v1/runs/" + run.RunID + "/stream"
 	sc := &sseclient.Client{Prepare: func(r *http.Request) error {

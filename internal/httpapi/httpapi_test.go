@@ -270,6 +270,48 @@ func TestAuthFailures(t *testing.T) {
 	}
 }
 
+// POST /runs with input: the run and its first frame in one request.
+func TestCreateRunWithInput(t *testing.T) {
+	e := newEnv(t)
+	body := map[string]any{"run_id": "run-in", "thread_id": "thread-1",
+		"input": map[string]any{"frame_id": "f1", "type": "user_message", "payload": map[string]any{"text": "hi"}}}
+	w := e.do("POST", "/internal/v1/runs", body)
+	wantStatus(t, w, http.StatusCreated)
+	fr, err := e.st.NextFrame(t.Context(), "run-in", 0)
+	if err != nil || fr.FrameID != "f1" || fr.Type != "user_message" || string(fr.Payload) != `{"text":"hi"}` || fr.Trace.RequestID == "" {
+		t.Fatalf("input frame %+v, %v", fr, err)
+	}
+	// A replay: 200, still one frame.
+	wantStatus(t, e.do("POST", "/internal/v1/runs", body), http.StatusOK)
+	if _, err := e.st.NextFrame(t.Context(), "run-in", fr.ID); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("replay added a frame: %v", err)
+	}
+	// The same frame id with another payload: 409.
+	body["input"] = map[string]any{"frame_id": "f1", "type": "user_message", "payload": map[string]any{"text": "other"}}
+	wantStatus(t, e.do("POST", "/internal/v1/runs", body), http.StatusConflict)
+
+	// Invalid input: 400 naming the field inside input, and no run.
+	for _, tc := range []struct {
+		input any
+		want  string
+	}{
+		{map[string]any{"frame_id": "f1", "type": "bogus"}, "input.type:"},
+		{map[string]any{"type": "user_message"}, "input.frame_id:"},
+		{map[string]any{"frame_id": "f1", "type": "user_message", "payload": map[string]any{"text": 5}}, "input.payload.text:"},
+		{map[string]any{"frame_id": "f1", "type": "user_message", "thread_id": "thread-2", "payload": map[string]any{"text": "hi"}}, "input.thread_id:"},
+		{"text", "input:"},
+	} {
+		w := e.do("POST", "/internal/v1/runs", map[string]any{"run_id": "run-bad", "thread_id": "thread-1", "input": tc.input})
+		wantStatus(t, w, http.StatusBadRequest)
+		if env := decodeErr(t, w); !strings.HasPrefix(env.Error.Message, tc.want) {
+			t.Errorf("input %v: message %q, want prefix %q", tc.input, env.Error.Message, tc.want)
+		}
+	}
+	if _, err := e.st.GetRun(t.Context(), "run-bad"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("an invalid input left a run: %v", err)
+	}
+}
+
 func TestFrames(t *testing.T) {
 	e := newEnv(t)
 	run := e.createRun("run-frames")

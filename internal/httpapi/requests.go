@@ -28,6 +28,9 @@ type createRunRequest struct {
 	Authorization json.RawMessage `json:"authorization"`
 	OutputSchema  json.RawMessage `json:"output_schema"`
 	Metadata      json.RawMessage `json:"metadata"`
+	// Input is the run's first input frame (the body of POST .../frames),
+	// stored with a new run in one transaction: one request instead of two.
+	Input *frameRequest `json:"input"`
 }
 
 // validate checks the body and canonicalizes its documents in place.
@@ -53,6 +56,15 @@ func (q *createRunRequest) validate() *APIError {
 	}
 	if q.Metadata, aerr = canonicalDoc("metadata", q.Metadata, "object", nil); aerr != nil {
 		return aerr
+	}
+	if q.Input != nil {
+		if aerr := q.Input.validate(); aerr != nil {
+			aerr.Message = "input." + aerr.Message // the field's path in this body
+			return aerr
+		}
+		if q.Input.ThreadID != "" && q.Input.ThreadID != q.ThreadID {
+			return invalid("input.thread_id", "is not the run's thread")
+		}
 	}
 	return nil
 }

@@ -103,12 +103,21 @@ func (a *api) createRun(w http.ResponseWriter, r *http.Request) *APIError {
 	if err := c.Bind(q.RunID, q.ThreadID); err != nil {
 		return errf(http.StatusForbidden, CodeForbidden, "%v", err)
 	}
-	run, created, err := a.store.CreateRun(r.Context(), store.CreateRunInput{
+	in := store.CreateRunInput{
 		RunID: q.RunID, ThreadID: q.ThreadID, OwnerSub: c.Sub,
 		Provider: q.Provider, Tools: q.Tools, Authorization: q.Authorization, OutputSchema: q.OutputSchema, Metadata: q.Metadata,
-	})
-	if errors.Is(err, store.ErrConflict) || (err == nil && !created && run.OwnerSub != c.Sub) {
-		return errf(http.StatusConflict, CodeConflict, "run_id: a run with this id exists with different fields")
+	}
+	if q.Input != nil {
+		in.Input = &store.InsertFrameInput{FrameID: q.Input.FrameID, Type: q.Input.Type, Payload: q.Input.Payload, Trace: traceOf(r.Context())}
+	}
+	run, created, err := a.store.CreateRun(r.Context(), in)
+	if err == nil && !created && run.OwnerSub != c.Sub {
+		err = store.ErrConflict
+	}
+	if errors.Is(err, store.ErrConflict) {
+		// The run's fields, or (for a replay) the input's frame_id with
+		// another type or payload.
+		return errf(http.StatusConflict, CodeConflict, "run_id: a run with this id exists with different fields, or input.frame_id is used with another type or payload")
 	}
 	if err != nil {
 		return a.storeError(r, "create_run", err)

@@ -76,6 +76,11 @@ type Run struct {
 type CreateRunInput struct {
 	RunID, ThreadID, OwnerSub                              string
 	Provider, Tools, Authorization, OutputSchema, Metadata json.RawMessage
+	// Input, when set, is the run's first input frame (its RunID is the
+	// run's). A new run and its input are stored in one transaction: both
+	// or neither. For an existing run (a create replay) the input is
+	// inserted as InsertFrame would, replay and ErrConflict included.
+	Input *InsertFrameInput
 }
 
 // TraceContext is stored with every event and frame so that the executor and

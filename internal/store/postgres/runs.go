@@ -117,11 +117,21 @@ func (s *Store) CreateRun(ctx context.Context, in store.CreateRunInput) (store.R
 		}
 		docs[i] = c
 	}
+	var input *frameItem
+	if in.Input != nil {
+		in.Input = new(*in.Input) // a copy: the caller's stays as it was
+		in.Input.RunID = in.RunID
+		it, err := newFrameItem(*in.Input)
+		if err != nil {
+			return store.Run{}, false, fmt.Errorf("postgres: create run %s: input: %w", in.RunID, err)
+		}
+		input = &it
+	}
 
 	// The common case, a new run, goes with the others waiting (one
 	// statement, one commit: applyCreates). A run id seen before takes the
 	// transaction below, which compares.
-	o, err := s.creates.submit(ctx, createItem{runID: in.RunID, threadID: in.ThreadID, owner: in.OwnerSub, docs: docs})
+	o, err := s.creates.submit(ctx, createItem{runID: in.RunID, threadID: in.ThreadID, owner: in.OwnerSub, docs: docs, input: input})
 	if err == nil {
 		err = o.err
 	}
@@ -129,7 +139,7 @@ func (s *Store) CreateRun(ctx context.Context, in store.CreateRunInput) (store.R
 		return store.Run{}, false, fmt.Errorf("postgres: create run %s: %w", in.RunID, err)
 	}
 	if o.inserted {
-		s.heads.put(o.run.RunID, head{status: o.run.Status})
+		s.created(o.run, input != nil)
 		return o.run, true, nil
 	}
 	args := []any{in.RunID, in.ThreadID, in.OwnerSub,
@@ -145,6 +155,12 @@ func (s *Store) CreateRun(ctx context.Context, in store.CreateRunInput) (store.R
 		if err == nil {
 			if _, err := tx.Exec(ctx, `INSERT INTO run_leases (run_id) VALUES ($1)`, in.RunID); err != nil {
 				return fmt.Errorf("create lease row: %w", err)
+			}
+			if input != nil { // a new run has no frames: nothing to compare
+				if _, err := tx.Exec(ctx, `INSERT INTO frames (run_id, frame_id, frame_type, payload, payload_hash, traceparent, tracestate, request_id)
+					VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, input.args()...); err != nil {
+					return fmt.Errorf("insert input frame: %w", err)
+				}
 			}
 			run, created = r, true
 			return nil
@@ -170,9 +186,25 @@ func (s *Store) CreateRun(ctx context.Context, in store.CreateRunInput) (store.R
 		return store.Run{}, false, fmt.Errorf("postgres: create run %s: %w", in.RunID, err)
 	}
 	if created {
-		s.heads.put(run.RunID, head{status: run.Status})
+		s.created(run, input != nil)
+		return run, true, nil
 	}
-	return run, created, nil
+	if input != nil {
+		// A replay of the create: the input as InsertFrame would take it.
+		if _, _, err := s.InsertFrame(ctx, *in.Input); err != nil {
+			return store.Run{}, false, fmt.Errorf("postgres: create run %s: input: %w", in.RunID, err)
+		}
+	}
+	return run, false, nil
+}
+
+// created notes a new run: its head for the fast appends, and the notice
+// of its input frame (after the commit).
+func (s *Store) created(run store.Run, withInput bool) {
+	s.heads.put(run.RunID, head{status: run.Status})
+	if withInput {
+		s.notes.publish(store.Notice{Kind: store.NoticeFrame, RunID: run.RunID})
+	}
 }
 
 // GetRun implements store.Store.
@@ -240,31 +272,16 @@ func scanFrame(row pgx.Row) (store.Frame, error) {
 // frames of one run get ids in commit order: an executor that has processed
 // frame N never later finds a committed frame of that run with an id below N.
 func (s *Store) InsertFrame(ctx context.Context, in store.InsertFrameInput) (store.Frame, bool, error) {
-	if in.FrameID == "" {
-		return store.Frame{}, false, errors.New("postgres: insert frame: frame_id is required")
-	}
-	if in.Type == "" {
-		return store.Frame{}, false, errors.New("postgres: insert frame: type is required")
-	}
-	if !storable(in.RunID) {
-		return store.Frame{}, false, fmt.Errorf("postgres: insert frame: run %q: %w", in.RunID, store.ErrNotFound)
-	}
-	if err := checkText("frame_id", in.FrameID, "type", in.Type, "traceparent", in.Trace.TraceParent,
-		"tracestate", in.Trace.TraceState, "request_id", in.Trace.RequestID); err != nil {
-		return store.Frame{}, false, fmt.Errorf("postgres: insert frame: %w", err)
-	}
-	payload, err := runs.CanonicalizeRaw(in.Payload)
+	it, err := newFrameItem(in)
 	if err != nil {
-		return store.Frame{}, false, fmt.Errorf("postgres: insert frame %s/%s: payload: %w", in.RunID, in.FrameID, err)
+		return store.Frame{}, false, err
 	}
-	hash := runs.PayloadHash(payload)
-
 	// The common case, a new frame, goes with the others waiting (one call,
 	// one commit: applyFrames); the run row is locked before the frame id is
 	// drawn, so the frames of a run commit in id order and the executor's
 	// cursor never skips one. A seen frame id or an unknown run takes the
 	// transaction below, which tells them apart.
-	o, err := s.frames.submit(ctx, frameItem{runID: in.RunID, frameID: in.FrameID, typ: in.Type, payload: payload, hash: hash, trace: in.Trace})
+	o, err := s.frames.submit(ctx, it)
 	if err == nil {
 		err = o.err
 	}
@@ -290,9 +307,7 @@ func (s *Store) InsertFrame(ctx context.Context, in store.InsertFrameInput) (sto
 			INSERT INTO frames (run_id, frame_id, frame_type, payload, payload_hash, traceparent, tracestate, request_id)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 			ON CONFLICT (run_id, frame_id) DO NOTHING
-			RETURNING `+frameCols,
-			in.RunID, in.FrameID, in.Type, string(payload), hash,
-			in.Trace.TraceParent, in.Trace.TraceState, in.Trace.RequestID))
+			RETURNING `+frameCols, it.args()...))
 		if err == nil {
 			frame, inserted = f, true
 			return nil
@@ -305,7 +320,7 @@ func (s *Store) InsertFrame(ctx context.Context, in store.InsertFrameInput) (sto
 		if err != nil {
 			return err
 		}
-		if existing.Type != in.Type || existing.PayloadHash != hash {
+		if existing.Type != in.Type || existing.PayloadHash != it.hash {
 			return fmt.Errorf("%w: frame_id already used with another type or payload", store.ErrConflict)
 		}
 		frame = existing
@@ -341,6 +356,7 @@ func (s *Store) NextFrame(ctx context.Context, runID string, afterID int64) (sto
 type createItem struct {
 	runID, threadID, owner string
 	docs                   [][]byte
+	input                  *frameItem // the run's first frame, when given
 }
 
 // createOutcome: inserted=false without an error means nothing was written
@@ -373,9 +389,22 @@ func (s *Store) applyCreates(ctx context.Context, items []createItem) []createOu
 			cols[3+d] = append(cols[3+d], v)
 		}
 	}
-	args := make([]any, len(cols))
-	for i, c := range cols {
-		args[i] = c
+	// Input frames: inserted with their new run (a new run has no frames,
+	// so there is nothing to compare).
+	fcols := make([][]string, 8)
+	for _, i := range order {
+		if f := items[i].input; f != nil {
+			for c, v := range f.args() {
+				fcols[c] = append(fcols[c], v.(string))
+			}
+		}
+	}
+	args := make([]any, 0, len(cols)+len(fcols))
+	for _, c := range cols {
+		args = append(args, c)
+	}
+	for _, c := range fcols {
+		args = append(args, c)
 	}
 	rows, err := s.pool.Query(ctx, `
 		WITH r AS (
@@ -388,6 +417,12 @@ func (s *Store) applyCreates(ctx context.Context, items []createItem) []createOu
 			RETURNING `+runCols+`
 		), l AS (
 			INSERT INTO run_leases (run_id) SELECT run_id FROM r
+		), f AS (
+			INSERT INTO frames (run_id, frame_id, frame_type, payload, payload_hash, traceparent, tracestate, request_id)
+			SELECT y.run_id, y.frame_id, y.frame_type, y.payload::json, y.payload_hash, y.traceparent, y.tracestate, y.request_id
+			FROM unnest($9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[])
+				AS y(run_id, frame_id, frame_type, payload, payload_hash, traceparent, tracestate, request_id)
+			JOIN r ON r.run_id = y.run_id
 		)
 		SELECT `+runCols+` FROM r`, args...)
 	got := map[string]store.Run{}
@@ -417,12 +452,41 @@ func (s *Store) applyCreates(ctx context.Context, items []createItem) []createOu
 	return out
 }
 
+// newFrameItem checks in and canonicalizes its payload.
+func newFrameItem(in store.InsertFrameInput) (frameItem, error) {
+	if in.FrameID == "" {
+		return frameItem{}, errors.New("postgres: insert frame: frame_id is required")
+	}
+	if in.Type == "" {
+		return frameItem{}, errors.New("postgres: insert frame: type is required")
+	}
+	if !storable(in.RunID) {
+		return frameItem{}, fmt.Errorf("postgres: insert frame: run %q: %w", in.RunID, store.ErrNotFound)
+	}
+	if err := checkText("frame_id", in.FrameID, "type", in.Type, "traceparent", in.Trace.TraceParent,
+		"tracestate", in.Trace.TraceState, "request_id", in.Trace.RequestID); err != nil {
+		return frameItem{}, fmt.Errorf("postgres: insert frame: %w", err)
+	}
+	payload, err := runs.CanonicalizeRaw(in.Payload)
+	if err != nil {
+		return frameItem{}, fmt.Errorf("postgres: insert frame %s/%s: payload: %w", in.RunID, in.FrameID, err)
+	}
+	return frameItem{runID: in.RunID, frameID: in.FrameID, typ: in.Type, payload: payload,
+		hash: runs.PayloadHash(payload), trace: in.Trace}, nil
+}
+
 // frameItem is a new frame waiting for applyFrames; payload is canonical.
 type frameItem struct {
 	runID, frameID, typ string
 	payload             []byte
 	hash                string
 	trace               store.TraceContext
+}
+
+// args are the values of the frames columns run_id, frame_id, frame_type,
+// payload, payload_hash, traceparent, tracestate, request_id.
+func (f frameItem) args() []any {
+	return []any{f.runID, f.frameID, f.typ, string(f.payload), f.hash, f.trace.TraceParent, f.trace.TraceState, f.trace.RequestID}
 }
 
 // frameOutcome: inserted=false without an error means nothing was written

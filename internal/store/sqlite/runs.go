@@ -95,47 +95,66 @@ func (s *Store) CreateRun(ctx context.Context, in store.CreateRunInput) (store.R
 		}
 		docs[i] = c
 	}
+	var input *validFrame
+	if in.Input != nil {
+		fin := *in.Input
+		fin.RunID = in.RunID
+		f, err := newFrame(fin)
+		if err != nil {
+			return store.Run{}, false, fmt.Errorf("sqlite: create run %s: input: %w", in.RunID, err)
+		}
+		input = &f
+	}
 
 	var (
 		run     store.Run
 		created bool
 	)
-	err := s.write(ctx, func(tx *sql.Tx, _ func(store.Notice)) error {
-		existing, err := scanRun(tx.QueryRowContext(ctx, `SELECT `+runColumns+` FROM runs WHERE run_id = ?`, in.RunID))
-		switch {
-		case err == nil:
-			same := existing.ThreadID == in.ThreadID && existing.OwnerSub == in.OwnerSub
-			for i, have := range []json.RawMessage{existing.Provider, existing.Tools, existing.Authorization, existing.OutputSchema, existing.Metadata} {
-				same = same && (have == nil) == !docs[i].Valid && string(have) == docs[i].String
-			}
-			if !same {
-				return fmt.Errorf("sqlite: create run %s: exists with other fields: %w", in.RunID, store.ErrConflict)
-			}
-			run = existing
-			return nil
-		case !errors.Is(err, sql.ErrNoRows):
-			return fmt.Errorf("sqlite: create run %s: %w", in.RunID, err)
+	err := s.write(ctx, func(tx *sql.Tx, notify func(store.Notice)) error {
+		var err error
+		if run, created, err = s.createRunTx(ctx, tx, in, docs); err != nil || input == nil {
+			return err
 		}
-		now := formatTS(s.now())
-		_, err = tx.ExecContext(ctx, `INSERT INTO runs (run_id, thread_id, owner_sub, status,
-			provider_json, tools_json, authorization_json, output_schema_json, metadata_json,
-			created_at, updated_at)
-			VALUES (?, ?, ?, 'created', ?, ?, ?, ?, ?, ?, ?)`,
-			in.RunID, in.ThreadID, in.OwnerSub, docs[0], docs[1], docs[2], docs[3], docs[4], now, now)
-		if err != nil {
-			return fmt.Errorf("sqlite: create run %s: %w", in.RunID, err)
-		}
-		run, err = scanRun(tx.QueryRowContext(ctx, `SELECT `+runColumns+` FROM runs WHERE run_id = ?`, in.RunID))
-		if err != nil {
-			return fmt.Errorf("sqlite: create run %s: read back: %w", in.RunID, err)
-		}
-		created = true
-		return nil
+		_, _, err = s.insertFrameTx(ctx, tx, notify, *input)
+		return err
 	})
 	if err != nil {
 		return store.Run{}, false, err
 	}
 	return run, created, nil
+}
+
+// createRunTx inserts the run inside tx, or finds it stored before with the
+// same fields (a replay); other fields are ErrConflict.
+func (s *Store) createRunTx(ctx context.Context, tx *sql.Tx, in store.CreateRunInput, docs []sql.NullString) (store.Run, bool, error) {
+	existing, err := scanRun(tx.QueryRowContext(ctx, `SELECT `+runColumns+` FROM runs WHERE run_id = ?`, in.RunID))
+	switch {
+	case err == nil:
+		same := existing.ThreadID == in.ThreadID && existing.OwnerSub == in.OwnerSub
+		for i, have := range []json.RawMessage{existing.Provider, existing.Tools, existing.Authorization, existing.OutputSchema, existing.Metadata} {
+			same = same && (have == nil) == !docs[i].Valid && string(have) == docs[i].String
+		}
+		if !same {
+			return store.Run{}, false, fmt.Errorf("sqlite: create run %s: exists with other fields: %w", in.RunID, store.ErrConflict)
+		}
+		return existing, false, nil
+	case !errors.Is(err, sql.ErrNoRows):
+		return store.Run{}, false, fmt.Errorf("sqlite: create run %s: %w", in.RunID, err)
+	}
+	now := formatTS(s.now())
+	_, err = tx.ExecContext(ctx, `INSERT INTO runs (run_id, thread_id, owner_sub, status,
+		provider_json, tools_json, authorization_json, output_schema_json, metadata_json,
+		created_at, updated_at)
+		VALUES (?, ?, ?, 'created', ?, ?, ?, ?, ?, ?, ?)`,
+		in.RunID, in.ThreadID, in.OwnerSub, docs[0], docs[1], docs[2], docs[3], docs[4], now, now)
+	if err != nil {
+		return store.Run{}, false, fmt.Errorf("sqlite: create run %s: %w", in.RunID, err)
+	}
+	run, err := scanRun(tx.QueryRowContext(ctx, `SELECT `+runColumns+` FROM runs WHERE run_id = ?`, in.RunID))
+	if err != nil {
+		return store.Run{}, false, fmt.Errorf("sqlite: create run %s: read back: %w", in.RunID, err)
+	}
+	return run, true, nil
 }
 
 // GetRun implements store.Store.

@@ -34,6 +34,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Basics", testBasics},
 		{"CreateRun", testCreateRun},
 		{"CreateRunConcurrent", testCreateRunConcurrent},
+		{"CreateRunWithInput", testCreateRunWithInput},
 		{"GetRunNotFound", testGetRunNotFound},
 		{"Frames", testFrames},
 		{"FramesConcurrent", testFramesConcurrent},
@@ -310,6 +311,73 @@ func testCreateRun(t *testing.T, s store.Store) {
 		_, created, err := s.CreateRun(ctx, c)
 		if created || !errors.Is(err, store.ErrConflict) {
 			t.Fatalf("CreateRun with other %s = created %v, err %v; want ErrConflict", name, created, err)
+		}
+	}
+}
+
+// A run created with its first input frame: both in one transaction, the
+// frame claimable at once; a replay adds nothing; the same frame id with
+// another payload conflicts; an invalid input stores nothing at all.
+func testCreateRunWithInput(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	input := func(payload string) *store.InsertFrameInput {
+		return &store.InsertFrameInput{FrameID: "f1", Type: "user_message", Payload: json.RawMessage(payload),
+			Trace: store.TraceContext{RequestID: "req-1"}}
+	}
+	in := store.CreateRunInput{RunID: "run-in", ThreadID: thread, OwnerSub: owner, Input: input(`{ "text": "hi" }`)}
+	r, created, err := s.CreateRun(ctx, in)
+	if err != nil || !created || r.Status != store.StatusCreated {
+		t.Fatalf("CreateRun with input = %+v created %v, err %v", r, created, err)
+	}
+	f, err := s.NextFrame(ctx, "run-in", 0)
+	if err != nil || f.FrameID != "f1" || f.Type != "user_message" || string(f.Payload) != `{"text":"hi"}` ||
+		f.Trace.RequestID != "req-1" || f.PayloadHash != runs.PayloadHash([]byte(`{"text":"hi"}`)) {
+		t.Fatalf("input frame = %+v, %v", f, err)
+	}
+	if in.Input.RunID != "" {
+		t.Fatalf("CreateRun changed its input: %+v", in.Input)
+	}
+	grants, err := s.ClaimRunnable(ctx, "exec-1", time.Minute, 10)
+	if err != nil || len(grants) != 1 || grants[0].Lease.RunID != "run-in" {
+		t.Fatalf("claim after create with input = %+v, %v", grants, err)
+	}
+	if n := grants[0].Next; grants[0].Run != nil && (n == nil || n.FrameID != "f1") {
+		t.Fatalf("claim's pending frame = %+v", n)
+	}
+
+	// A replay: same run, same input.
+	if _, created, err := s.CreateRun(ctx, in); err != nil || created {
+		t.Fatalf("replay = created %v, err %v", created, err)
+	}
+	if f2, err := s.NextFrame(ctx, "run-in", f.ID); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("replay added a frame: %+v %v", f2, err)
+	}
+	// The same frame id with another payload.
+	other := in
+	other.Input = input(`{"text":"other"}`)
+	if _, _, err := s.CreateRun(ctx, other); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("replay with another input payload: %v, want ErrConflict", err)
+	}
+	// An existing run without frames takes the input as a new frame.
+	mustRun(t, s, "run-bare")
+	bare := store.CreateRunInput{RunID: "run-bare", ThreadID: thread, OwnerSub: owner, Input: input(`{"text":"late"}`)}
+	if _, created, err := s.CreateRun(ctx, bare); err != nil || created {
+		t.Fatalf("create replay with input on a bare run = created %v, err %v", created, err)
+	}
+	if f, err := s.NextFrame(ctx, "run-bare", 0); err != nil || f.FrameID != "f1" {
+		t.Fatalf("bare run's frame = %+v, %v", f, err)
+	}
+	// Invalid input: neither the run nor a frame.
+	for _, bad := range []*store.InsertFrameInput{
+		{FrameID: "", Type: "user_message", Payload: json.RawMessage(`{}`)},
+		{FrameID: "f1", Type: "", Payload: json.RawMessage(`{}`)},
+		{FrameID: "f1", Type: "user_message", Payload: json.RawMessage(`{"a":`)},
+	} {
+		if _, _, err := s.CreateRun(ctx, store.CreateRunInput{RunID: "run-bad", ThreadID: thread, OwnerSub: owner, Input: bad}); err == nil {
+			t.Fatalf("create with input %+v succeeded", bad)
+		}
+		if _, err := s.GetRun(ctx, "run-bad"); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("create with invalid input %+v left a run: %v", bad, err)
 		}
 	}
 }
