@@ -175,3 +175,19 @@ func FuzzSanitizeString(f *testing.F) {
 		}
 	})
 }
+
+// FuzzSanitizeStringPrefilter checks that skipping a rule whose required
+// text is absent never changes a result.
+//
+//	go test -run '^$' -fuzz '^FuzzSanitizeStringPrefilter$' -fuzztime 60s ./internal/runs/
+func FuzzSanitizeStringPrefilter(f *testing.F) {
+	for _, s := range []string{"2026-02-19", "555-123-4567", "BeArEr abcdefgh1", "bearer\tabcdefgh1==", "a@b.cd",
+		"x sk-aaaaaaaaaaaaaaaaaaaa", "eyJhbGciOi.eyJzdWIiOiIx.c2lnbmF0dXJl", "+1 (555) 123-4567)", "plain text", "ｂｅａｒｅｒ x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if got, want := sanitizeString(s, true), sanitizeString(s, false); got != want {
+			t.Fatalf("prefilter changes %q: %q, every rule gives %q", s, got, want)
+		}
+	})
+}

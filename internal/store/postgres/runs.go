@@ -446,6 +446,10 @@ func (s *Store) applyCreates(ctx context.Context, items []createItem) []createOu
 		case err != nil:
 			out[i].err = err
 		case ok:
+			// Remembered before the caller hears of it: the executor may
+			// claim the run as soon as it is committed, and its first
+			// append should find the head.
+			s.heads.put(r.RunID, head{status: r.Status})
 			out[i] = createOutcome{run: r, inserted: true}
 		}
 	}
