@@ -34,6 +34,11 @@ type Config struct {
 	Concurrency   int           // runs executed at once; default 64
 	MaxModelCalls int           // per turn; default 32
 	Loop          LoopConfig    // loop detection thresholds; zero = 30/10/20/30
+	// StartCoalesce is how long a new run's run.started may wait to be
+	// committed together with the turn's first output (one commit instead
+	// of two when the provider answers at once); past it run.started is
+	// appended alone. Default 10ms; negative: append it at once.
+	StartCoalesce time.Duration
 }
 
 func (c *Config) defaults() {
@@ -51,6 +56,9 @@ func (c *Config) defaults() {
 	}
 	if c.MaxModelCalls <= 0 {
 		c.MaxModelCalls = 32
+	}
+	if c.StartCoalesce == 0 {
+		c.StartCoalesce = 10 * time.Millisecond
 	}
 	c.Loop = c.Loop.Normalize()
 }

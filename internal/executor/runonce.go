@@ -145,6 +145,12 @@ type runner struct {
 
 	ownMu  sync.Mutex
 	ownSeq map[int64]bool // seqs this pass appended (see watchCancel)
+
+	// startMu serializes appends with start, this pass's run.started while
+	// it waits to go with the next append (see deferStart).
+	startMu    sync.Mutex
+	start      *pending
+	startTimer *time.Timer
 }
 
 func (r *runner) appended(seq int64) bool {
@@ -163,13 +169,23 @@ func (r *runner) run(ctx context.Context, run store.Run, next *store.Frame) Resu
 	}
 	r.emptyLog = run.LatestSeq == 0
 	if run.Status == store.StatusCreated {
-		ev, err := r.append(ctx, "run.started", map[string]any{}, "run.started", 0, store.TraceContext{})
-		if err != nil {
-			return Result{Err: err, ReasonClass: errClass(err)}
+		if d := r.e.cfg.StartCoalesce; d > 0 {
+			r.deferStart(ctx, d)
+			defer func() {
+				if err := r.flushStart(ctx); err != nil {
+					r.e.d.Logger.Warn("append run.started failed", "run_id", r.lease.RunID, "error", err)
+				}
+			}()
+		} else {
+			ev, err := r.append(ctx, "run.started", map[string]any{}, "run.started", 0, store.TraceContext{})
+			if err != nil {
+				return Result{Err: err, ReasonClass: errClass(err)}
+			}
+			r.run_.LatestSeq = ev.Seq
 		}
 		// run.started moves only the status and the head: the run row read
 		// above stays current without reading it again.
-		r.run_.Status, r.run_.LatestSeq = store.StatusRunning, ev.Seq
+		r.run_.Status = store.StatusRunning
 		run = r.run_
 	}
 	processed := 0
@@ -378,9 +394,41 @@ func (r *runner) append(ctx context.Context, eventType string, payload map[strin
 	return evs[0], nil
 }
 
+// deferStart holds this pass's run.started back for at most d: the next
+// append of the pass carries it in front of its own events (a provider that
+// answers at once costs one commit, not two), and a timer appends it alone
+// when nothing comes. Its trace is the pass's, as if appended now.
+func (r *runner) deferStart(ctx context.Context, d time.Duration) {
+	tc := store.TraceContext{RequestID: telemetry.RequestID(ctx)}
+	tc.TraceParent, tc.TraceState = telemetry.Inject(ctx)
+	r.start = &pending{"run.started", map[string]any{}, "run.started", 0, tc}
+	r.startTimer = time.AfterFunc(d, func() {
+		if err := r.flushStart(ctx); err != nil && ctx.Err() == nil {
+			// The pass's next append carries it again.
+			r.e.d.Logger.Warn("append run.started failed", "run_id", r.lease.RunID, "error", err)
+		}
+	})
+}
+
+// flushStart appends the held run.started, if still held.
+func (r *runner) flushStart(ctx context.Context) error {
+	_, err := r.appendAll(ctx)
+	return err
+}
+
 // appendAll writes consecutive events under the lease in one transaction
-// (one round trip and one commit on PostgreSQL), all or none.
+// (one round trip and one commit on PostgreSQL), all or none; a held
+// run.started goes first (see deferStart). It returns the events of ps.
 func (r *runner) appendAll(ctx context.Context, ps ...pending) ([]store.Event, error) {
+	r.startMu.Lock()
+	defer r.startMu.Unlock()
+	held := r.start != nil
+	if held {
+		ps = append([]pending{*r.start}, ps...)
+	}
+	if len(ps) == 0 {
+		return nil, nil
+	}
 	ins := make([]store.AppendInput, len(ps))
 	for i, p := range ps {
 		in, err := r.input(ctx, p)
@@ -413,6 +461,11 @@ func (r *runner) appendAll(ctx context.Context, ps ...pending) ([]store.Event, e
 		r.ownSeq[ev.Seq] = true
 	}
 	r.ownMu.Unlock()
+	if held {
+		r.start = nil
+		r.startTimer.Stop()
+		evs = evs[1:]
+	}
 	return evs, nil
 }
 

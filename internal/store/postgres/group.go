@@ -33,8 +33,9 @@ const appendGroupSQL = `SELECT o_run_id, o_seq, o_created_at FROM oa_append_grou
 func (s *Store) applyAppends(ctx context.Context, batch []groupEntry) []groupOutcome {
 	out := make([]groupOutcome, len(batch))
 	// One entry per run in a call (the function's contract): a second one
-	// for the same run, rare (a fenced-out writer racing the new one), is
-	// answered "not applied" and takes the full path. The others go in
+	// for the same run (two writers at once: API clients appending to one
+	// run, or a fenced-out executor racing the new one) is answered "not
+	// applied" and takes the full path, which orders them. The others go in
 	// run_id order: the lock order between calls (see 00070).
 	order := firstOf(len(batch), func(i int) string { return batch[i].runID })
 	slices.SortFunc(order, func(x, y int) int { return strings.Compare(batch[x].runID, batch[y].runID) })
