@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Group commit of fast appends (see batch.go): the appends of many runs in
@@ -46,20 +48,14 @@ func (s *Store) applyAppends(ctx context.Context, batch []groupEntry) []groupOut
 	got := make(map[string][]appliedEvent, len(order))
 	rows, err := s.pool.Query(ctx, appendGroupSQL, a.list()...)
 	if err == nil {
-		for rows.Next() {
-			var (
-				runID string
-				x     appliedEvent
-			)
-			if err = rows.Scan(&runID, &x.seq, &x.at); err != nil {
-				break
-			}
+		var (
+			runID string
+			x     appliedEvent
+		)
+		_, err = pgx.ForEachRow(rows, []any{&runID, &x.seq, &x.at}, func() error {
 			got[runID] = append(got[runID], x)
-		}
-		rows.Close()
-		if err == nil {
-			err = rows.Err()
-		}
+			return nil
+		})
 	}
 	for _, i := range order {
 		rs := got[batch[i].runID]

@@ -427,16 +427,10 @@ func (s *Store) applyCreates(ctx context.Context, items []createItem) []createOu
 		SELECT `+runCols+` FROM r`, args...)
 	got := map[string]store.Run{}
 	if err == nil {
-		for rows.Next() {
-			var x runScanner
-			if err = rows.Scan(x.dest()...); err != nil {
-				break
-			}
-			got[x.r.RunID] = x.run()
-		}
-		rows.Close()
-		if err == nil {
-			err = rows.Err()
+		var rs []store.Run
+		rs, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (store.Run, error) { return scanRun(row) })
+		for _, r := range rs {
+			got[r.RunID] = r
 		}
 	}
 	for _, i := range order {
@@ -525,16 +519,10 @@ func (s *Store) applyFrames(ctx context.Context, items []frameItem) []frameOutco
 	rows, err := s.pool.Query(ctx, `SELECT `+frameCols+` FROM oa_insert_frames($1, $2, $3, $4, $5, $6, $7, $8)`, args...)
 	got := map[string]store.Frame{}
 	if err == nil {
-		for rows.Next() {
-			var f store.Frame
-			if f, err = scanFrame(rows); err != nil {
-				break
-			}
+		var fs []store.Frame
+		fs, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (store.Frame, error) { return scanFrame(row) })
+		for _, f := range fs {
 			got[key(f.RunID, f.FrameID)] = f
-		}
-		rows.Close()
-		if err == nil {
-			err = rows.Err()
 		}
 	}
 	for _, i := range order {
