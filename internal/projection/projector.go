@@ -716,7 +716,7 @@ func (p *Projector) settleRun(runID string, out Outcome, err error) {
 }
 
 func (p *Projector) project(ctx context.Context, runID string, force bool) (Outcome, error) {
-	pr := p.prepareRun(ctx, runID, force)
+	pr := p.prepareRun(ctx, runID, force, nil)
 	if pr.err != nil || pr.in == nil {
 		pr.end(pr.err)
 		return pr.out, pr.err
@@ -731,6 +731,13 @@ func (p *Projector) project(ctx context.Context, runID string, force bool) (Outc
 // log when it committed.
 type CheckpointedLogLoader interface {
 	LoadRunLogAndCheckpoint(ctx context.Context, projection, runID string) (store.Checkpoint, bool, store.Run, []store.Event, error)
+}
+
+// BatchLogLoader is a store that reads the checkpoints and logs of many
+// runs in one snapshot and one round trip (results in runIDs' order, each
+// with its own error); the projector's batch uses it for a page of runs.
+type BatchLogLoader interface {
+	LoadRunLogsAndCheckpoints(ctx context.Context, projection string, runIDs []string) ([]store.RunLog, error)
 }
 
 // checkpointAndLog reads a run's checkpoint (nil: none) and its log.
@@ -766,15 +773,29 @@ type preparedRun struct {
 	err error
 }
 
-// prepareRun reads, rebuilds and decides one run's summary.
-func (p *Projector) prepareRun(ctx context.Context, runID string, force bool) (pr preparedRun) {
+// prepareRun reads, rebuilds and decides one run's summary; loaded, when
+// set, is what a batch read for it (see BatchLogLoader).
+func (p *Projector) prepareRun(ctx context.Context, runID string, force bool, loaded *store.RunLog) (pr preparedRun) {
 	pr = preparedRun{ctx: ctx, end: func(error) {}, out: Outcome{EntityID: runID, DocKey: RunDocKey(runID)}}
 	// The checkpoint is read before the log: the log only grows and a
 	// checkpoint only names a seq that was in it, so reading in this order
 	// a concurrent writer (replica) can never make a checkpoint look ahead
 	// of the log. A decision from a stale checkpoint fails the write's
 	// precondition instead and is re-decided.
-	cp, run, events, err := p.checkpointAndLog(ctx, runID)
+	var (
+		cp     *store.Checkpoint
+		run    store.Run
+		events []store.Event
+		err    error
+	)
+	if loaded != nil {
+		cp, run, events, err = loaded.Checkpoint, loaded.Run, loaded.Events, loaded.Err
+		if err != nil {
+			err = fmt.Errorf("load run %s: %w", runID, err)
+		}
+	} else {
+		cp, run, events, err = p.checkpointAndLog(ctx, runID)
+	}
 	if err != nil {
 		pr.err = err
 		return pr
@@ -818,8 +839,18 @@ func (p *Projector) projectRunBatch(ctx context.Context, bs BatchSink, ids []str
 	wms, errs := make([]int64, len(ids)), make([]error, len(ids))
 	var ins []store.ProjectionWriteInput
 	var at []int // index in ids of each input
+	// The page's checkpoints and logs in one read when the store can; when
+	// that read fails, each run reads its own (and reports its own error).
+	var loaded []store.RunLog
+	if l, ok := p.st.(BatchLogLoader); ok && len(ids) > 1 {
+		loaded, _ = l.LoadRunLogsAndCheckpoints(ctx, store.ProjectionRun, ids)
+	}
 	for i, id := range ids {
-		prs[i] = p.prepareRun(ctx, id, false)
+		var lr *store.RunLog
+		if loaded != nil {
+			lr = &loaded[i]
+		}
+		prs[i] = p.prepareRun(ctx, id, false, lr)
 		if prs[i].in == nil {
 			continue
 		}

@@ -149,6 +149,17 @@ type DriftQuery struct {
 	Limit       int    // <= 0 means 100
 }
 
+// RunLog is a run, its retained events with seq <= LatestSeq and its
+// checkpoint of one projection (nil: none), read in one snapshot. Err is
+// this run's error (ErrNotFound for an unknown run); the others are unset
+// then.
+type RunLog struct {
+	Checkpoint *Checkpoint
+	Run        Run
+	Events     []Event
+	Err        error
+}
+
 // ProjectionStore is the projection contract, implemented by both drivers'
 // *Store beside store.Store.
 type ProjectionStore interface {

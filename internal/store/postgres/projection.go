@@ -1,10 +1,12 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -100,6 +102,73 @@ func (s *Store) LoadRunLogAndCheckpoint(ctx context.Context, projection, runID s
 		return store.Checkpoint{}, false, store.Run{}, nil, err
 	}
 	return cp, hasCP, run, evs, nil
+}
+
+// LoadRunLogsAndCheckpoints reads the runs, logs and checkpoints of
+// projection of runIDs in one snapshot and one round trip (see
+// projection.BatchLogLoader); results are in runIDs' order. Each read is a
+// key lookup per run (LATERAL ... OFFSET 0 keeps the planner from turning
+// them into a scan of a young table whose statistics say it is small).
+func (s *Store) LoadRunLogsAndCheckpoints(ctx context.Context, projection string, runIDs []string) ([]store.RunLog, error) {
+	out := make([]store.RunLog, len(runIDs))
+	at := make(map[string]int, len(runIDs))
+	ids := make([]string, 0, len(runIDs))
+	for i, id := range runIDs {
+		if !storable(id) {
+			out[i].Err = fmt.Errorf("postgres: load run log %q: %w", id, store.ErrNotFound)
+			continue
+		}
+		if _, dup := at[id]; dup {
+			return nil, fmt.Errorf("postgres: load run logs: run %s given twice", id)
+		}
+		at[id] = i
+		ids = append(ids, id)
+	}
+	found := make([]bool, len(runIDs))
+	b := &pgx.Batch{}
+	b.Queue(`BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`)
+	b.Queue(`SELECT c.* FROM unnest($2::text[]) AS i(id) CROSS JOIN LATERAL (
+		SELECT `+checkpointCols+` FROM khala_projection_checkpoints
+		WHERE projection = $1 AND entity_id = i.id OFFSET 0) c`, projection, ids).Query(func(rows pgx.Rows) error {
+		cps, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.Checkpoint, error) { return scanCheckpoint(r) })
+		for _, c := range cps {
+			out[at[c.EntityID]].Checkpoint = &c
+		}
+		return err
+	})
+	b.Queue(`SELECT r.* FROM unnest($1::text[]) AS i(id) CROSS JOIN LATERAL (
+		SELECT `+runCols+` FROM runs WHERE run_id = i.id OFFSET 0) r`, ids).Query(func(rows pgx.Rows) error {
+		rs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.Run, error) { return scanRun(r) })
+		for _, r := range rs {
+			i := at[r.RunID]
+			out[i].Run, found[i] = r, true
+		}
+		return err
+	})
+	b.Queue(`SELECT e.* FROM unnest($1::text[]) AS i(id) CROSS JOIN LATERAL (
+		SELECT `+eventCols+` FROM run_events
+		WHERE run_id = i.id AND seq <= (SELECT latest_seq FROM runs WHERE run_id = i.id)
+		ORDER BY seq OFFSET 0) e`, ids).Query(func(rows pgx.Rows) error {
+		evs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.Event, error) { return scanEvent(r) })
+		for _, e := range evs {
+			i := at[e.RunID]
+			out[i].Events = append(out[i].Events, e)
+		}
+		return err
+	})
+	b.Queue(`COMMIT`)
+	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+		return nil, fmt.Errorf("postgres: load run logs: %w", err)
+	}
+	for _, id := range ids {
+		i := at[id]
+		if !found[i] {
+			out[i] = store.RunLog{Err: fmt.Errorf("postgres: load run log %s: %w", id, store.ErrNotFound)}
+			continue
+		}
+		slices.SortFunc(out[i].Events, func(x, y store.Event) int { return cmp.Compare(x.Seq, y.Seq) })
+	}
+	return out, nil
 }
 
 // WriteProjection implements store.ProjectionStore. Locks are taken in one

@@ -85,3 +85,50 @@ func TestLoadRunLogAndCheckpoint(t *testing.T) {
 		t.Fatalf("unknown run: %v, want ErrNotFound", err)
 	}
 }
+
+// LoadRunLogsAndCheckpoints gives, run by run and in the order asked,
+// what LoadRunLogAndCheckpoint gives.
+func TestLoadRunLogsAndCheckpoints(t *testing.T) {
+	s := newTestStore(t)
+	ctx := context.Background()
+	for _, id := range []string{"r1", "r2", "r3"} {
+		mustCreateRun(t, s, id)
+	}
+	for i := range 4 { // r1 and r2 get events, in interleaved commits; r3 none
+		for _, id := range []string{"r2", "r1"} {
+			if _, _, err := s.AppendEvent(ctx, store.AppendInput{RunID: id, EventType: "run.delta", Payload: json.RawMessage(fmt.Sprintf(`{"i":%d}`, i))}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if _, err := s.WriteProjection(ctx, store.ProjectionWriteInput{Projection: store.ProjectionRun, EntityID: "r2",
+		Topic: store.TopicRunSummaries, DocKey: "run:r2", OwnerSub: "user:1", Doc: json.RawMessage(`{}`),
+		Hash: strings.Repeat("c", 64), Version: "v1", SourceSeq: 4, ExpectSeq: -1}); err != nil {
+		t.Fatal(err)
+	}
+	ids := []string{"r3", "missing", "r2", "r1"}
+	got, err := s.LoadRunLogsAndCheckpoints(ctx, store.ProjectionRun, ids)
+	if err != nil || len(got) != len(ids) {
+		t.Fatalf("batch read: %d results, %v", len(got), err)
+	}
+	for i, id := range ids {
+		cp, has, run, evs, err := s.LoadRunLogAndCheckpoint(ctx, store.ProjectionRun, id)
+		g := got[i]
+		if (err == nil) != (g.Err == nil) || (err != nil && !errors.Is(g.Err, store.ErrNotFound)) {
+			t.Fatalf("%s: batch error %v, single read %v", id, g.Err, err)
+		}
+		if err != nil {
+			continue
+		}
+		if has != (g.Checkpoint != nil) || (has && fmt.Sprint(*g.Checkpoint) != fmt.Sprint(cp)) ||
+			fmt.Sprint(g.Run) != fmt.Sprint(run) || fmt.Sprint(g.Events) != fmt.Sprint(evs) {
+			t.Fatalf("%s: batch read differs:\n%v %v %v\nwant %v(%t) %v %v", id, g.Checkpoint, g.Run, g.Events, cp, has, run, evs)
+		}
+	}
+	if len(got[3].Events) != 4 || got[2].Checkpoint == nil || got[0].Checkpoint != nil {
+		t.Fatalf("r1 events %d, r2 checkpoint %v, r3 checkpoint %v", len(got[3].Events), got[2].Checkpoint, got[0].Checkpoint)
+	}
+	if _, err := s.LoadRunLogsAndCheckpoints(ctx, store.ProjectionRun, []string{"r1", "r1"}); err == nil {
+		t.Fatal("a run asked twice was not refused")
+	}
+}
