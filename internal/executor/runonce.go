@@ -171,11 +171,7 @@ func (r *runner) run(ctx context.Context, run store.Run, next *store.Frame) Resu
 	if run.Status == store.StatusCreated {
 		if d := r.e.cfg.StartCoalesce; d > 0 {
 			r.deferStart(ctx, d)
-			defer func() {
-				if err := r.flushStart(ctx); err != nil {
-					r.e.d.Logger.Warn("append run.started failed", "run_id", r.lease.RunID, "error", err)
-				}
-			}()
+			defer r.flushStart(ctx) // a pass that appended nothing still started the run
 		} else {
 			ev, err := r.append(ctx, "run.started", map[string]any{}, "run.started", 0, store.TraceContext{})
 			if err != nil {
@@ -402,18 +398,16 @@ func (r *runner) deferStart(ctx context.Context, d time.Duration) {
 	tc := store.TraceContext{RequestID: telemetry.RequestID(ctx)}
 	tc.TraceParent, tc.TraceState = telemetry.Inject(ctx)
 	r.start = &pending{"run.started", map[string]any{}, "run.started", 0, tc}
-	r.startTimer = time.AfterFunc(d, func() {
-		if err := r.flushStart(ctx); err != nil && ctx.Err() == nil {
-			// The pass's next append carries it again.
-			r.e.d.Logger.Warn("append run.started failed", "run_id", r.lease.RunID, "error", err)
-		}
-	})
+	r.startTimer = time.AfterFunc(d, func() { r.flushStart(ctx) })
 }
 
-// flushStart appends the held run.started, if still held.
-func (r *runner) flushStart(ctx context.Context) error {
-	_, err := r.appendAll(ctx)
-	return err
+// flushStart appends the held run.started, if still held. A failure is
+// only logged: the pass's next append carries it again, and a pass that
+// ends without it leaves the run created for the next one.
+func (r *runner) flushStart(ctx context.Context) {
+	if _, err := r.appendAll(ctx); err != nil && ctx.Err() == nil {
+		r.e.d.Logger.Warn("append run.started failed", "run_id", r.lease.RunID, "error", err)
+	}
 }
 
 // appendAll writes consecutive events under the lease in one transaction
