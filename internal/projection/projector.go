@@ -716,7 +716,7 @@ func (p *Projector) settleRun(runID string, out Outcome, err error) {
 }
 
 func (p *Projector) project(ctx context.Context, runID string, force bool) (Outcome, error) {
-	pr := p.prepareRun(ctx, runID, force, nil)
+	pr := p.prepareRun(ctx, runID, force, p.readRuns(ctx, []string{runID})[0])
 	if pr.err != nil || pr.in == nil {
 		pr.end(pr.err)
 		return pr.out, pr.err
@@ -725,42 +725,37 @@ func (p *Projector) project(ctx context.Context, runID string, force bool) (Outc
 	return p.finishRun(pr, wm, err)
 }
 
-// CheckpointedLogLoader is a store that reads a run's checkpoint and its
-// log in one snapshot and one round trip. One snapshot is as safe as the
-// checkpoint-then-log order: a checkpoint only names a seq that was in the
-// log when it committed.
-type CheckpointedLogLoader interface {
-	LoadRunLogAndCheckpoint(ctx context.Context, projection, runID string) (store.Checkpoint, bool, store.Run, []store.Event, error)
-}
-
 // BatchLogLoader is a store that reads the checkpoints and logs of many
 // runs in one snapshot and one round trip (results in runIDs' order, each
-// with its own error); the projector's batch uses it for a page of runs.
+// with its own error). One snapshot is as safe as the checkpoint-then-log
+// order: a checkpoint only names a seq that was in the log when it
+// committed.
 type BatchLogLoader interface {
 	LoadRunLogsAndCheckpoints(ctx context.Context, projection string, runIDs []string) ([]store.RunLog, error)
 }
 
-// checkpointAndLog reads a run's checkpoint (nil: none) and its log.
-func (p *Projector) checkpointAndLog(ctx context.Context, runID string) (*store.Checkpoint, store.Run, []store.Event, error) {
-	if l, ok := p.st.(CheckpointedLogLoader); ok {
-		c, has, run, events, err := l.LoadRunLogAndCheckpoint(ctx, store.ProjectionRun, runID)
-		if err != nil {
-			return nil, store.Run{}, nil, fmt.Errorf("load run %s: %w", runID, err)
+// readRuns reads the checkpoints (nil: none) and logs of ids: in one read
+// when the store can (BatchLogLoader), else, or when that read fails, run
+// by run.
+func (p *Projector) readRuns(ctx context.Context, ids []string) []store.RunLog {
+	if l, ok := p.st.(BatchLogLoader); ok {
+		if logs, err := l.LoadRunLogsAndCheckpoints(ctx, store.ProjectionRun, ids); err == nil {
+			return logs
 		}
-		if !has {
-			return nil, run, events, nil
+	}
+	logs := make([]store.RunLog, len(ids))
+	for i, id := range ids {
+		// The checkpoint is read before the log: the log only grows and a
+		// checkpoint only names a seq that was in it, so reading in this
+		// order a concurrent writer (replica) can never make a checkpoint
+		// look ahead of the log.
+		cp, err := p.checkpoint(ctx, store.ProjectionRun, id)
+		if err == nil {
+			logs[i].Run, logs[i].Events, err = p.st.LoadRunLog(ctx, id)
 		}
-		return &c, run, events, nil
+		logs[i].Checkpoint, logs[i].Err = cp, err
 	}
-	cp, err := p.checkpoint(ctx, store.ProjectionRun, runID)
-	if err != nil {
-		return nil, store.Run{}, nil, err
-	}
-	run, events, err := p.st.LoadRunLog(ctx, runID)
-	if err != nil {
-		return nil, store.Run{}, nil, fmt.Errorf("load run %s: %w", runID, err)
-	}
-	return cp, run, events, nil
+	return logs
 }
 
 // preparedRun is a run projection up to its write.
@@ -773,33 +768,16 @@ type preparedRun struct {
 	err error
 }
 
-// prepareRun reads, rebuilds and decides one run's summary; loaded, when
-// set, is what a batch read for it (see BatchLogLoader).
-func (p *Projector) prepareRun(ctx context.Context, runID string, force bool, loaded *store.RunLog) (pr preparedRun) {
+// prepareRun rebuilds and decides one run's summary from what readRuns
+// read of it. A decision from a checkpoint gone stale since fails the
+// write's precondition and is re-decided.
+func (p *Projector) prepareRun(ctx context.Context, runID string, force bool, lr store.RunLog) (pr preparedRun) {
 	pr = preparedRun{ctx: ctx, end: func(error) {}, out: Outcome{EntityID: runID, DocKey: RunDocKey(runID)}}
-	// The checkpoint is read before the log: the log only grows and a
-	// checkpoint only names a seq that was in it, so reading in this order
-	// a concurrent writer (replica) can never make a checkpoint look ahead
-	// of the log. A decision from a stale checkpoint fails the write's
-	// precondition instead and is re-decided.
-	var (
-		cp     *store.Checkpoint
-		run    store.Run
-		events []store.Event
-		err    error
-	)
-	if loaded != nil {
-		cp, run, events, err = loaded.Checkpoint, loaded.Run, loaded.Events, loaded.Err
-		if err != nil {
-			err = fmt.Errorf("load run %s: %w", runID, err)
-		}
-	} else {
-		cp, run, events, err = p.checkpointAndLog(ctx, runID)
-	}
-	if err != nil {
-		pr.err = err
+	if lr.Err != nil {
+		pr.err = fmt.Errorf("load run %s: %w", runID, lr.Err)
 		return pr
 	}
+	cp, run, events := lr.Checkpoint, lr.Run, lr.Events
 	if n := len(events); n > 0 {
 		last := events[n-1].Trace
 		ctx = p.continueTrace(ctx, last)
@@ -839,18 +817,9 @@ func (p *Projector) projectRunBatch(ctx context.Context, bs BatchSink, ids []str
 	wms, errs := make([]int64, len(ids)), make([]error, len(ids))
 	var ins []store.ProjectionWriteInput
 	var at []int // index in ids of each input
-	// The page's checkpoints and logs in one read when the store can; when
-	// that read fails, each run reads its own (and reports its own error).
-	var loaded []store.RunLog
-	if l, ok := p.st.(BatchLogLoader); ok && len(ids) > 1 {
-		loaded, _ = l.LoadRunLogsAndCheckpoints(ctx, store.ProjectionRun, ids)
-	}
+	logs := p.readRuns(ctx, ids)
 	for i, id := range ids {
-		var lr *store.RunLog
-		if loaded != nil {
-			lr = &loaded[i]
-		}
-		prs[i] = p.prepareRun(ctx, id, false, lr)
+		prs[i] = p.prepareRun(ctx, id, false, logs[i])
 		if prs[i].in == nil {
 			continue
 		}

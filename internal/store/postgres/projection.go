@@ -20,52 +20,13 @@ import (
 
 var _ store.ProjectionStore = (*Store)(nil)
 
-// LoadRunLog implements store.ProjectionStore. A REPEATABLE READ read-only
-// transaction makes the run row and its events one snapshot.
+// LoadRunLog implements store.ProjectionStore (see loadRunLogs).
 func (s *Store) LoadRunLog(ctx context.Context, runID string) (store.Run, []store.Event, error) {
-	if !storable(runID) {
-		return store.Run{}, nil, fmt.Errorf("postgres: load run log %q: %w", runID, store.ErrNotFound)
+	logs, err := s.loadRunLogs(ctx, "", []string{runID})
+	if err != nil {
+		return store.Run{}, nil, err
 	}
-	return s.loadRunLog(ctx, runID, nil)
-}
-
-// loadRunLog reads the run and its events in one REPEATABLE READ snapshot,
-// in one round trip; first queues more reads at the start of the snapshot.
-func (s *Store) loadRunLog(ctx context.Context, runID string, first func(*pgx.Batch)) (store.Run, []store.Event, error) {
-	// One round trip: the transaction's statements go out as one batch.
-	var (
-		run   store.Run
-		evs   []store.Event
-		found bool
-	)
-	b := &pgx.Batch{}
-	b.Queue(`BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`)
-	if first != nil {
-		first(b)
-	}
-	b.Queue(`SELECT `+runCols+` FROM runs WHERE run_id = $1`, runID).QueryRow(func(row pgx.Row) error {
-		var err error
-		run, err = scanRun(row)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return nil
-		}
-		found = err == nil
-		return err
-	})
-	b.Queue(`SELECT `+eventCols+` FROM run_events
-		WHERE run_id = $1 AND seq <= (SELECT latest_seq FROM runs WHERE run_id = $1) ORDER BY seq`, runID).Query(func(rows pgx.Rows) error {
-		var err error
-		evs, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.Event, error) { return scanEvent(r) })
-		return err
-	})
-	b.Queue(`COMMIT`)
-	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
-		return store.Run{}, nil, fmt.Errorf("postgres: load run log %s: %w", runID, err)
-	}
-	if !found {
-		return store.Run{}, nil, fmt.Errorf("postgres: load run log %s: %w", runID, store.ErrNotFound)
-	}
-	return run, evs, nil
+	return logs[0].Run, logs[0].Events, logs[0].Err
 }
 
 func checkWriteInput(in store.ProjectionWriteInput) error {
@@ -76,40 +37,22 @@ func checkWriteInput(in store.ProjectionWriteInput) error {
 		"owner_sub", in.OwnerSub, "projection_version", in.Version, "summary_hash", in.Hash)
 }
 
-// LoadRunLogAndCheckpoint is LoadRunLog with the run's checkpoint of
-// projection, read in the same snapshot and the same round trip (see
-// projection.CheckpointedLogLoader). ok=false: no checkpoint.
-func (s *Store) LoadRunLogAndCheckpoint(ctx context.Context, projection, runID string) (store.Checkpoint, bool, store.Run, []store.Event, error) {
-	if !storable(runID) || !storable(projection) {
-		return store.Checkpoint{}, false, store.Run{}, nil, fmt.Errorf("postgres: load run log %q: %w", runID, store.ErrNotFound)
-	}
-	var (
-		cp    store.Checkpoint
-		hasCP bool
-	)
-	run, evs, err := s.loadRunLog(ctx, runID, func(b *pgx.Batch) {
-		b.Queue(`SELECT `+checkpointCols+` FROM khala_projection_checkpoints WHERE projection = $1 AND entity_id = $2`,
-			projection, runID).QueryRow(func(row pgx.Row) error {
-			c, err := scanCheckpoint(row)
-			if errors.Is(err, pgx.ErrNoRows) {
-				return nil
-			}
-			cp, hasCP = c, err == nil
-			return err
-		})
-	})
-	if err != nil {
-		return store.Checkpoint{}, false, store.Run{}, nil, err
-	}
-	return cp, hasCP, run, evs, nil
-}
-
 // LoadRunLogsAndCheckpoints reads the runs, logs and checkpoints of
 // projection of runIDs in one snapshot and one round trip (see
-// projection.BatchLogLoader); results are in runIDs' order. Each read is a
-// key lookup per run (LATERAL ... OFFSET 0 keeps the planner from turning
-// them into a scan of a young table whose statistics say it is small).
+// projection.BatchLogLoader); results are in runIDs' order.
 func (s *Store) LoadRunLogsAndCheckpoints(ctx context.Context, projection string, runIDs []string) ([]store.RunLog, error) {
+	if !storable(projection) {
+		return nil, fmt.Errorf("postgres: load run logs: projection %q is not storable", projection)
+	}
+	return s.loadRunLogs(ctx, projection, runIDs)
+}
+
+// loadRunLogs reads runIDs' rows, their events with seq <= latest_seq and,
+// unless projection is "", their checkpoints of projection: one REPEATABLE
+// READ snapshot, one round trip. Each read is a key lookup per run
+// (LATERAL ... OFFSET 0 keeps the planner from turning them into a scan of
+// a young table whose statistics say it is small).
+func (s *Store) loadRunLogs(ctx context.Context, projection string, runIDs []string) ([]store.RunLog, error) {
 	out := make([]store.RunLog, len(runIDs))
 	at := make(map[string]int, len(runIDs))
 	ids := make([]string, 0, len(runIDs))
@@ -127,15 +70,17 @@ func (s *Store) LoadRunLogsAndCheckpoints(ctx context.Context, projection string
 	found := make([]bool, len(runIDs))
 	b := &pgx.Batch{}
 	b.Queue(`BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`)
-	b.Queue(`SELECT c.* FROM unnest($2::text[]) AS i(id) CROSS JOIN LATERAL (
-		SELECT `+checkpointCols+` FROM khala_projection_checkpoints
-		WHERE projection = $1 AND entity_id = i.id OFFSET 0) c`, projection, ids).Query(func(rows pgx.Rows) error {
-		cps, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.Checkpoint, error) { return scanCheckpoint(r) })
-		for _, c := range cps {
-			out[at[c.EntityID]].Checkpoint = &c
-		}
-		return err
-	})
+	if projection != "" {
+		b.Queue(`SELECT c.* FROM unnest($2::text[]) AS i(id) CROSS JOIN LATERAL (
+			SELECT `+checkpointCols+` FROM khala_projection_checkpoints
+			WHERE projection = $1 AND entity_id = i.id OFFSET 0) c`, projection, ids).Query(func(rows pgx.Rows) error {
+			cps, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.Checkpoint, error) { return scanCheckpoint(r) })
+			for _, c := range cps {
+				out[at[c.EntityID]].Checkpoint = &c
+			}
+			return err
+		})
+	}
 	b.Queue(`SELECT r.* FROM unnest($1::text[]) AS i(id) CROSS JOIN LATERAL (
 		SELECT `+runCols+` FROM runs WHERE run_id = i.id OFFSET 0) r`, ids).Query(func(rows pgx.Rows) error {
 		rs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.Run, error) { return scanRun(r) })

@@ -53,41 +53,52 @@ func TestWriteProjectionsBatchAndFallback(t *testing.T) {
 	}
 }
 
-// LoadRunLogAndCheckpoint gives what GetCheckpoint and LoadRunLog give.
+// A run's checkpoint and log read together give what GetCheckpoint and
+// LoadRunLog give.
 func TestLoadRunLogAndCheckpoint(t *testing.T) {
 	s := newTestStore(t)
 	ctx := context.Background()
+	one := func(id string) store.RunLog {
+		t.Helper()
+		logs, err := s.LoadRunLogsAndCheckpoints(ctx, store.ProjectionRun, []string{id})
+		if err != nil || len(logs) != 1 {
+			t.Fatalf("read %s: %d results, %v", id, len(logs), err)
+		}
+		return logs[0]
+	}
 	mustCreateRun(t, s, "r1")
 	for i := range 3 {
 		if _, _, err := s.AppendEvent(ctx, store.AppendInput{RunID: "r1", EventType: "run.delta", Payload: json.RawMessage(fmt.Sprintf(`{"i":%d}`, i))}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	_, has, _, _, err := s.LoadRunLogAndCheckpoint(ctx, store.ProjectionRun, "r1")
-	if err != nil || has {
-		t.Fatalf("before any projection: checkpoint found=%t, %v", has, err)
+	if lr := one("r1"); lr.Err != nil || lr.Checkpoint != nil {
+		t.Fatalf("before any projection: checkpoint %v, %v", lr.Checkpoint, lr.Err)
 	}
 	if _, err := s.WriteProjection(ctx, store.ProjectionWriteInput{Projection: store.ProjectionRun, EntityID: "r1",
 		Topic: store.TopicRunSummaries, DocKey: "run:r1", OwnerSub: "user:1", Doc: json.RawMessage(`{}`),
 		Hash: strings.Repeat("b", 64), Version: "v1", SourceSeq: 3, ExpectSeq: -1}); err != nil {
 		t.Fatal(err)
 	}
-	cp, has, run, evs, err := s.LoadRunLogAndCheckpoint(ctx, store.ProjectionRun, "r1")
-	if err != nil || !has {
-		t.Fatalf("checkpoint found=%t, %v", has, err)
+	lr := one("r1")
+	if lr.Err != nil || lr.Checkpoint == nil {
+		t.Fatalf("checkpoint %v, %v", lr.Checkpoint, lr.Err)
 	}
 	wantCP, _ := s.GetCheckpoint(ctx, store.ProjectionRun, "r1")
 	wantRun, wantEvs, _ := s.LoadRunLog(ctx, "r1")
-	if fmt.Sprint(cp) != fmt.Sprint(wantCP) || fmt.Sprint(run) != fmt.Sprint(wantRun) || fmt.Sprint(evs) != fmt.Sprint(wantEvs) || len(evs) != 3 {
-		t.Fatalf("combined read differs:\n%v %v %v\nwant %v %v %v", cp, run, evs, wantCP, wantRun, wantEvs)
+	if fmt.Sprint(*lr.Checkpoint) != fmt.Sprint(wantCP) || fmt.Sprint(lr.Run) != fmt.Sprint(wantRun) || fmt.Sprint(lr.Events) != fmt.Sprint(wantEvs) || len(lr.Events) != 3 {
+		t.Fatalf("combined read differs:\n%v %v %v\nwant %v %v %v", *lr.Checkpoint, lr.Run, lr.Events, wantCP, wantRun, wantEvs)
 	}
-	if _, _, _, _, err := s.LoadRunLogAndCheckpoint(ctx, store.ProjectionRun, "missing"); !errors.Is(err, store.ErrNotFound) {
-		t.Fatalf("unknown run: %v, want ErrNotFound", err)
+	if lr := one("missing"); !errors.Is(lr.Err, store.ErrNotFound) {
+		t.Fatalf("unknown run: %v, want ErrNotFound", lr.Err)
+	}
+	if _, _, err := s.LoadRunLog(ctx, "missing"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("LoadRunLog of an unknown run: %v, want ErrNotFound", err)
 	}
 }
 
 // LoadRunLogsAndCheckpoints gives, run by run and in the order asked,
-// what LoadRunLogAndCheckpoint gives.
+// what GetCheckpoint and LoadRunLog give.
 func TestLoadRunLogsAndCheckpoints(t *testing.T) {
 	s := newTestStore(t)
 	ctx := context.Background()
@@ -112,7 +123,9 @@ func TestLoadRunLogsAndCheckpoints(t *testing.T) {
 		t.Fatalf("batch read: %d results, %v", len(got), err)
 	}
 	for i, id := range ids {
-		cp, has, run, evs, err := s.LoadRunLogAndCheckpoint(ctx, store.ProjectionRun, id)
+		cp, cerr := s.GetCheckpoint(ctx, store.ProjectionRun, id)
+		has := cerr == nil
+		run, evs, err := s.LoadRunLog(ctx, id)
 		g := got[i]
 		if (err == nil) != (g.Err == nil) || (err != nil && !errors.Is(g.Err, store.ErrNotFound)) {
 			t.Fatalf("%s: batch error %v, single read %v", id, g.Err, err)
