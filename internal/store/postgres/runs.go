@@ -157,8 +157,7 @@ func (s *Store) CreateRun(ctx context.Context, in store.CreateRunInput) (store.R
 				return fmt.Errorf("create lease row: %w", err)
 			}
 			if input != nil { // a new run has no frames: nothing to compare
-				if _, err := tx.Exec(ctx, `INSERT INTO frames (run_id, frame_id, frame_type, payload, payload_hash, traceparent, tracestate, request_id)
-					VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, input.args()...); err != nil {
+				if _, err := tx.Exec(ctx, insertFrameSQL, input.args()...); err != nil {
 					return fmt.Errorf("insert input frame: %w", err)
 				}
 			}
@@ -303,11 +302,7 @@ func (s *Store) InsertFrame(ctx context.Context, in store.InsertFrameInput) (sto
 		if err != nil {
 			return err
 		}
-		f, err := scanFrame(tx.QueryRow(ctx, `
-			INSERT INTO frames (run_id, frame_id, frame_type, payload, payload_hash, traceparent, tracestate, request_id)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-			ON CONFLICT (run_id, frame_id) DO NOTHING
-			RETURNING `+frameCols, it.args()...))
+		f, err := scanFrame(tx.QueryRow(ctx, insertFrameSQL, it.args()...))
 		if err == nil {
 			frame, inserted = f, true
 			return nil
@@ -418,7 +413,7 @@ func (s *Store) applyCreates(ctx context.Context, items []createItem) []createOu
 		), l AS (
 			INSERT INTO run_leases (run_id) SELECT run_id FROM r
 		), f AS (
-			INSERT INTO frames (run_id, frame_id, frame_type, payload, payload_hash, traceparent, tracestate, request_id)
+			INSERT INTO frames (`+frameWriteCols+`)
 			SELECT y.run_id, y.frame_id, y.frame_type, y.payload::json, y.payload_hash, y.traceparent, y.tracestate, y.request_id
 			FROM unnest($9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[])
 				AS y(run_id, frame_id, frame_type, payload, payload_hash, traceparent, tracestate, request_id)
@@ -481,8 +476,16 @@ type frameItem struct {
 	trace               store.TraceContext
 }
 
-// args are the values of the frames columns run_id, frame_id, frame_type,
-// payload, payload_hash, traceparent, tracestate, request_id.
+// frameWriteCols are the columns a new frame is written with, in the order
+// of frameItem.args.
+const frameWriteCols = `run_id, frame_id, frame_type, payload, payload_hash, traceparent, tracestate, request_id`
+
+// insertFrameSQL inserts one frame unless its frame id is taken (no row
+// returned then).
+const insertFrameSQL = `INSERT INTO frames (` + frameWriteCols + `) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+	ON CONFLICT (run_id, frame_id) DO NOTHING RETURNING ` + frameCols
+
+// args are the values of frameWriteCols.
 func (f frameItem) args() []any {
 	return []any{f.runID, f.frameID, f.typ, string(f.payload), f.hash, f.trace.TraceParent, f.trace.TraceState, f.trace.RequestID}
 }
