@@ -139,8 +139,7 @@ func (s *Store) CreateRun(ctx context.Context, in store.CreateRunInput) (store.R
 		return store.Run{}, false, fmt.Errorf("postgres: create run %s: %w", in.RunID, err)
 	}
 	if o.inserted {
-		s.created(o.run, input != nil)
-		return o.run, true, nil
+		return o.run, true, nil // applyCreates noted it
 	}
 	args := []any{in.RunID, in.ThreadID, in.OwnerSub,
 		jsonParam(docs[0]), jsonParam(docs[1]), jsonParam(docs[2]), jsonParam(docs[3]), jsonParam(docs[4])}
@@ -435,10 +434,10 @@ func (s *Store) applyCreates(ctx context.Context, items []createItem) []createOu
 		case err != nil:
 			out[i].err = err
 		case ok:
-			// Remembered before the caller hears of it: the executor may
-			// claim the run as soon as it is committed, and its first
-			// append should find the head.
-			s.heads.put(r.RunID, head{status: r.Status})
+			// Noted before the caller hears of it: the executor may claim
+			// the run as soon as it is committed, and its first append
+			// should find the head.
+			s.created(r, items[i].input != nil)
 			out[i] = createOutcome{run: r, inserted: true}
 		}
 	}
