@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -38,24 +37,7 @@ func TestAppendFastPathAcrossReplicas(t *testing.T) {
 			t.Fatalf("append %d: seq %d, %v", i, ev.Seq, err)
 		}
 	}
-	var wg sync.WaitGroup
-	errs := make(chan error, 80)
-	for w := range 8 {
-		wg.Go(func() {
-			s := []*Store{a, b}[w%2]
-			for i := range 10 {
-				p := json.RawMessage(fmt.Sprintf(`{"w":%d,"i":%d}`, w, i))
-				if _, _, err := s.AppendEvent(ctx, store.AppendInput{RunID: "r1", EventType: "run.delta", Payload: p}); err != nil {
-					errs <- err
-				}
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
+	appendConcurrently(t, []*Store{a, b}, "r1", 8, 10)
 	checkChain(t, a, "r1")
 	if r, err := a.GetRun(ctx, "r1"); err != nil || r.LatestSeq != 86 {
 		t.Fatalf("got %d events, want 86 (%v)", r.LatestSeq, err)
