@@ -92,7 +92,10 @@ func (h *Hub) Publish(n store.Notice) {
 
 func wakeAll(set map[*subscription]struct{}, n store.Notice) {
 	for s := range set {
-		if s.want != nil && n.RunID != "" && !s.want(n) {
+		// want sees a notice without a run id too (a subscriber keeping
+		// its own record of what changed must learn that anything may
+		// have), but cannot veto it.
+		if s.want != nil && !s.want(n) && n.RunID != "" {
 			continue
 		}
 		select {
@@ -111,9 +114,11 @@ func (h *Hub) Subscribe(runID string) (<-chan struct{}, func()) {
 }
 
 // SubscribeFiltered is Subscribe with a filter: a notice wakes the
-// subscriber only when want returns true. Notices without a run id (a
-// reconnected source) wake every subscriber regardless, since writes may
-// have been missed.
+// subscriber only when want returns true. want is called for every notice
+// published to the subscription, before its wake-up is sent, so it may also
+// record which runs changed. Notices without a run id (a reconnected
+// source) are passed to want and wake every subscriber regardless, since
+// writes may have been missed.
 func (h *Hub) SubscribeFiltered(runID string, want func(store.Notice) bool) (<-chan struct{}, func()) {
 	s := &subscription{ch: make(chan struct{}, 1), want: want}
 	h.mu.Lock()

@@ -77,6 +77,30 @@ func TestWakeupsCoalesce(t *testing.T) {
 	}
 }
 
+// A filter sees every notice, a notice without a run id included, and can
+// veto only notices that name a run.
+func TestFilterSeesEveryNotice(t *testing.T) {
+	h := NewHub()
+	var seen []store.Notice
+	ch, cancel := h.SubscribeFiltered("", func(n store.Notice) bool {
+		seen = append(seen, n)
+		return false
+	})
+	defer cancel()
+	h.Publish(store.Notice{Kind: store.NoticeEvent, RunID: "run_a", Seq: 3})
+	if woken(ch) {
+		t.Fatal("a vetoed notice woke the subscriber")
+	}
+	h.Publish(store.Notice{Kind: store.NoticeEvent})
+	if !woken(ch) {
+		t.Fatal("a notice without a run id was vetoed")
+	}
+	want := []store.Notice{{Kind: store.NoticeEvent, RunID: "run_a", Seq: 3}, {Kind: store.NoticeEvent}}
+	if len(seen) != len(want) || seen[0] != want[0] || seen[1] != want[1] {
+		t.Fatalf("filter saw %+v, want %+v", seen, want)
+	}
+}
+
 func TestSeveralSubscribersSameRun(t *testing.T) {
 	h := NewHub()
 	c1, cancel1 := h.Subscribe("run_a")

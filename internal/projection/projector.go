@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -133,6 +134,7 @@ type Projector struct {
 	stop        context.CancelFunc
 	done        chan struct{}
 	lastExport  time.Time
+	noted       noted
 
 	// workers is the store's worker side; nil when the store given to New
 	// does not implement it (then only runs are projected).
@@ -300,7 +302,7 @@ func (p *Projector) Start(ctx context.Context) error {
 	var wake <-chan struct{}
 	unsub := func() {}
 	if p.hub != nil {
-		wake, unsub = p.hub.Subscribe("")
+		wake, unsub = p.hub.SubscribeFiltered("", p.noted.note)
 	}
 	go func() {
 		defer close(p.done)
@@ -364,20 +366,36 @@ func (p *Projector) Running() bool {
 	return p.running
 }
 
+// loop walks the candidates every PollInterval (and when a retry falls
+// due), and in between projects the runs that notices name as soon as they
+// arrive: under load a notice-driven pass reads only the runs that moved,
+// where a walk re-reads every run updated in the last ScanSlack. The walk
+// stays the safety net for notices that never came (a failed notifier, a
+// reconnected listener) and for other processes' writes.
 func (p *Projector) loop(ctx context.Context, wake <-chan struct{}) {
+	// The timer fires when the next walk is due: PollInterval after the
+	// last one, or earlier when a retry falls due (walks run retries).
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	var nextWalk time.Time
 	for {
+		walk := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-wake:
+			// A notice that did not say what moved asks for a walk now.
+			walk = !p.projectNoted(ctx)
 		case <-timer.C:
+			walk = true
 		}
-		p.Cycle(ctx)
-		next := p.cfg.PollInterval
-		if due, ok := p.nextBackoff(); ok {
-			next = min(next, max(time.Until(due), time.Millisecond))
+		if walk {
+			p.Cycle(ctx)
+			nextWalk = time.Now().Add(p.cfg.PollInterval)
+		}
+		next := nextWalk
+		if due, ok := p.nextBackoff(); ok && due.Before(next) {
+			next = due
 		}
 		if !timer.Stop() {
 			select {
@@ -385,8 +403,98 @@ func (p *Projector) loop(ctx context.Context, wake <-chan struct{}) {
 			default:
 			}
 		}
-		timer.Reset(next)
+		timer.Reset(max(time.Until(next), time.Millisecond))
 	}
+}
+
+// noted is what notices named since the projector last looked: the runs
+// whose events moved, whether a worker moved, and whether anything may have
+// (a notice without a run id, or more runs than a pass should hold).
+type noted struct {
+	mu      sync.Mutex
+	runs    map[string]struct{}
+	workers bool
+	all     bool
+}
+
+// maxNotedRuns bounds the set; past it the next pass walks instead, which
+// finds the same runs (they were updated just now).
+const maxNotedRuns = 10000
+
+// note is the hub filter of the projector's subscription. It runs under the
+// hub's lock, so it only records.
+func (n *noted) note(x store.Notice) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	switch {
+	case x.RunID == "":
+		n.all = true
+	case x.Kind == store.NoticeWorker:
+		n.workers = true
+	case x.Kind == store.NoticeEvent:
+		if n.all {
+			break
+		}
+		if len(n.runs) >= maxNotedRuns {
+			n.all, n.runs = true, nil
+			break
+		}
+		if n.runs == nil {
+			n.runs = map[string]struct{}{}
+		}
+		n.runs[x.RunID] = struct{}{}
+	default:
+		return false // a frame moves no projection
+	}
+	return true
+}
+
+// take empties the set and returns what it held, runs in id order.
+func (n *noted) take() (runs []string, workers, all bool) {
+	n.mu.Lock()
+	set := n.runs
+	workers, all = n.workers, n.all
+	n.runs, n.workers, n.all = nil, false, false
+	n.mu.Unlock()
+	if all {
+		return nil, workers, true
+	}
+	runs = make([]string, 0, len(set))
+	for id := range set {
+		runs = append(runs, id)
+	}
+	slices.Sort(runs)
+	return runs, workers, false
+}
+
+// projectNoted projects the runs notices named since the last pass, and
+// walks the workers when one moved. It returns false, having done nothing,
+// when a notice did not say what moved; the caller then walks.
+func (p *Projector) projectNoted(ctx context.Context) bool {
+	ids, workers, all := p.noted.take()
+	if all {
+		return false
+	}
+	now := p.cfg.Now()
+	p.mu.Lock()
+	due := ids[:0]
+	for _, id := range ids {
+		// One waiting out a backoff is retried by a walk when it falls due.
+		if p.dueLocked(entityKey{store.ProjectionRun, id}, now) {
+			due = append(due, id)
+		}
+	}
+	p.mu.Unlock()
+	ps := p.newPass(ctx, store.ProjectionRun)
+	for page := range slices.Chunk(due, p.cfg.BatchSize) {
+		if !ps.projectBehind(page) {
+			break
+		}
+	}
+	if workers && p.workers != nil && ctx.Err() == nil {
+		p.walk(ctx, now, store.ProjectionCodexWorker)
+	}
+	return true
 }
 
 func (p *Projector) nextBackoff() (time.Time, bool) {
@@ -418,6 +526,8 @@ func (p *Projector) Cycle(ctx context.Context) {
 	if export {
 		p.exportRecorded(ctx)
 	}
+	// The walk reads after this, so it sees every run noted so far.
+	p.noted.take()
 	p.walk(ctx, now, store.ProjectionRun)
 	if p.workers != nil && ctx.Err() == nil {
 		p.walk(ctx, now, store.ProjectionCodexWorker)
@@ -458,13 +568,9 @@ type task struct {
 // every one that is not waiting out a backoff or parked. An incremental walk
 // only looks at entities updated since shortly before the previous walk;
 // every FullScanEvery a walk visits all of them, which also catches what
-// clock skew or long transactions hid from incremental walks.
-//
-// A sink that keeps failing (down, timing out) would cost every remaining
-// entity a timeout: after a few consecutive failures a run walk stops, and a
-// worker walk goes on with the event lanes only (they are written locally,
-// not through the sink). Either way the walk counts as unfinished, so the
-// next one starts from the same point.
+// clock skew or long transactions hid from incremental walks. A walk that
+// a failing sink cut short (see pass) counts as unfinished, so the next one
+// starts from the same point.
 func (p *Projector) walk(ctx context.Context, now time.Time, kind string) {
 	p.mu.Lock()
 	sc := p.scans[kind]
@@ -478,41 +584,7 @@ func (p *Projector) walk(ctx context.Context, now time.Time, kind string) {
 	inWalk := func(k entityKey) bool { return k.kind == kind || (isWorker && k.kind == laneWorkerEvents) }
 
 	seen := map[string]bool{}
-	failures := 0
-	sinkDown := false
-	// run projects one task; ok false ends the walk, sinkFailed reports a
-	// real sink failure.
-	var account func(err error) (ok, sinkFailed bool)
-	run := func(tk task) (ok, sinkFailed bool) {
-		if sinkDown {
-			tk.summary = false
-		}
-		if !tk.summary && !tk.events {
-			return true, false
-		}
-		alive, err := p.projectPaced(ctx, kind, tk)
-		if !alive {
-			return false, false
-		}
-		return account(err)
-	}
-	account = func(err error) (ok, sinkFailed bool) {
-		switch {
-		case err != nil && isSinkFailure(err):
-			failures++
-			if failures >= maxSinkFailuresPerPass && !sinkDown {
-				p.log.WarnContext(ctx, "khala projection: sink failing, pass cut short", "projection", kind, "failures", failures)
-				if !isWorker {
-					return false, true
-				}
-				sinkDown = true
-			}
-			return true, true
-		case err == nil:
-			failures = 0
-		}
-		return true, false
-	}
+	ps := p.newPass(ctx, kind)
 	for {
 		page, err := p.candidates(ctx, kind, q)
 		if err != nil {
@@ -535,28 +607,8 @@ func (p *Projector) walk(ctx context.Context, now time.Time, kind string) {
 			todo = append(todo, tk)
 		}
 		p.mu.Unlock()
-		if bs, ok := p.batchSink(kind); ok && len(todo) > 1 {
-			// Run summaries of a page go to the sink in one call.
-			var ids []string
-			for _, tk := range todo {
-				if tk.summary {
-					ids = append(ids, tk.id)
-				}
-			}
-			if ctx.Err() != nil {
-				return
-			}
-			for _, err := range p.projectRunBatch(ctx, bs, ids) {
-				if ok, _ := account(err); !ok {
-					return
-				}
-			}
-		} else {
-			for _, tk := range todo {
-				if ok, _ := run(tk); !ok {
-					return
-				}
-			}
+		if !ps.project(todo) {
+			return
 		}
 		if len(page) < q.Limit {
 			break
@@ -585,7 +637,7 @@ func (p *Projector) walk(ctx context.Context, now time.Time, kind string) {
 			tk.summary = true
 		}
 	}
-	if !sinkDown {
+	if !ps.sinkDown {
 		sc.lastScan = now
 		if full {
 			sc.lastFull = now
@@ -612,10 +664,122 @@ func (p *Projector) walk(ctx context.Context, now time.Time, kind string) {
 	}
 	p.mu.Unlock()
 	for _, tk := range due {
-		if ok, sinkFailed := run(*tk); !ok || (sinkFailed && !isWorker) {
+		if ok, sinkFailed := ps.run(*tk); !ok || (sinkFailed && !isWorker) {
 			return
 		}
 	}
+}
+
+// pass is one walk's (or notice-driven pass's) account of sink failures.
+// A sink that keeps failing (down, timing out) would cost every remaining
+// entity a timeout: after a few consecutive failures a run pass stops, and
+// a worker pass goes on with the event lanes only (they are written
+// locally, not through the sink).
+type pass struct {
+	p        *Projector
+	ctx      context.Context
+	kind     string
+	failures int
+	sinkDown bool
+}
+
+func (p *Projector) newPass(ctx context.Context, kind string) *pass {
+	return &pass{p: p, ctx: ctx, kind: kind}
+}
+
+// run projects one task; ok false ends the pass, sinkFailed reports a real
+// sink failure.
+func (ps *pass) run(tk task) (ok, sinkFailed bool) {
+	if ps.sinkDown {
+		tk.summary = false
+	}
+	if !tk.summary && !tk.events {
+		return true, false
+	}
+	alive, err := ps.p.projectPaced(ps.ctx, ps.kind, tk)
+	if !alive {
+		return false, false
+	}
+	return ps.account(err)
+}
+
+func (ps *pass) account(err error) (ok, sinkFailed bool) {
+	switch {
+	case err != nil && isSinkFailure(err):
+		ps.failures++
+		if ps.failures >= maxSinkFailuresPerPass && !ps.sinkDown {
+			ps.p.log.WarnContext(ps.ctx, "khala projection: sink failing, pass cut short", "projection", ps.kind, "failures", ps.failures)
+			if ps.kind != store.ProjectionCodexWorker {
+				return false, true
+			}
+			ps.sinkDown = true
+		}
+		return true, true
+	case err == nil:
+		ps.failures = 0
+	}
+	return true, false
+}
+
+// project projects a page of tasks: run summaries in one sink call when
+// the sink batches, else one by one. It reports false when the pass ends.
+func (ps *pass) project(todo []task) bool {
+	if bs, ok := ps.p.batchSink(ps.kind); ok && len(todo) > 1 {
+		var ids []string
+		for _, tk := range todo {
+			if tk.summary {
+				ids = append(ids, tk.id)
+			}
+		}
+		if ps.ctx.Err() != nil {
+			return false
+		}
+		return ps.accountAll(ps.p.projectRunBatch(ps.ctx, bs, ids, ps.p.readRuns(ps.ctx, ids)))
+	}
+	for _, tk := range todo {
+		if ok, _ := ps.run(tk); !ok {
+			return false
+		}
+	}
+	return true
+}
+
+func (ps *pass) accountAll(errs []error) bool {
+	for _, err := range errs {
+		if ok, _ := ps.account(err); !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// projectBehind projects those of runs whose checkpoint is behind the log
+// (what a walk's candidate query selects): a notice can name a run another
+// pass or replica has projected since. It reports false when the pass ends.
+func (ps *pass) projectBehind(ids []string) bool {
+	if ps.ctx.Err() != nil {
+		return false
+	}
+	logs := ps.p.readRuns(ps.ctx, ids)
+	var (
+		behind []string
+		read   []store.RunLog
+	)
+	for i, lr := range logs {
+		if cp := lr.Checkpoint; lr.Err == nil && cp != nil && cp.LastSeq == lr.Run.LatestSeq && cp.ProjectionVersion == ps.p.cfg.Version {
+			continue
+		}
+		behind, read = append(behind, ids[i]), append(read, lr)
+	}
+	if bs, ok := ps.p.batchSink(ps.kind); ok && len(behind) > 0 {
+		return ps.accountAll(ps.p.projectRunBatch(ps.ctx, bs, behind, read))
+	}
+	for _, id := range behind {
+		if ok, _ := ps.run(task{id: id, summary: true}); !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // batchSink returns the sink as a BatchSink when a walk of kind may write
@@ -812,12 +976,11 @@ func (p *Projector) finishRun(pr preparedRun, wm int64, err error) (Outcome, err
 // projectRunBatch projects several runs with one sink call for all their
 // writes (one transaction on PostgreSQL instead of one per run). Each
 // run's outcome is settled as ProjectRun would; results are in ids' order.
-func (p *Projector) projectRunBatch(ctx context.Context, bs BatchSink, ids []string) []error {
+func (p *Projector) projectRunBatch(ctx context.Context, bs BatchSink, ids []string, logs []store.RunLog) []error {
 	prs := make([]preparedRun, len(ids))
 	wms, errs := make([]int64, len(ids)), make([]error, len(ids))
 	var ins []store.ProjectionWriteInput
 	var at []int // index in ids of each input
-	logs := p.readRuns(ctx, ids)
 	for i, id := range ids {
 		prs[i] = p.prepareRun(ctx, id, false, logs[i])
 		if prs[i].in == nil {

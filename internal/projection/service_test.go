@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -197,5 +198,50 @@ func TestReprojectDuringLiveProjection(t *testing.T) {
 			}
 			last[r.DocKey] = r.DocVersion
 		}
+	})
+}
+
+// walkCounter counts candidate walks (pages) of run projections.
+type walkCounter struct {
+	testStore
+	pages atomic.Int64
+}
+
+func (w *walkCounter) ProjectionCandidates(ctx context.Context, q store.CandidateQuery) ([]store.ProjectionCandidate, error) {
+	w.pages.Add(1)
+	return w.testStore.ProjectionCandidates(ctx, q)
+}
+
+// TestNoticesProjectWithoutWalking: between walks, the runs that notices
+// name are projected at once without a candidate walk; a notice that names
+// no run (a reconnected listener) asks for a walk.
+func TestNoticesProjectWithoutWalking(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, st testStore, exec func(*testing.T, string)) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		hub := notify.NewHub()
+		go func() { _ = hub.Run(ctx, st) }()
+		wc := &walkCounter{testStore: st}
+		p := New(wc, nil, hub, nil, Config{Serving: true, PollInterval: time.Hour, FullScanEvery: time.Hour})
+		if err := p.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		defer p.Stop()
+		eventually(t, "the first walk", func() bool { return wc.pages.Load() > 0 })
+		walked := wc.pages.Load()
+
+		for _, id := range []string{"n1", "n2", "n3"} {
+			mkRun(t, st, id, "run.started", "run.delta")
+		}
+		appendEv(t, st, "n2", "run.finished")
+		for id, seq := range map[string]int64{"n1": 2, "n2": 3, "n3": 2} {
+			eventually(t, id+" projected", func() bool { cp, ok := checkpoint(t, st, id); return ok && cp.LastSeq == seq })
+		}
+		if got := wc.pages.Load(); got != walked {
+			t.Fatalf("candidate pages read = %d, want %d (no walk between polls)", got, walked)
+		}
+
+		hub.Publish(store.Notice{Kind: store.NoticeEvent})
+		eventually(t, "a walk after a notice naming no run", func() bool { return wc.pages.Load() > walked })
 	})
 }
