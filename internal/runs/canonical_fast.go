@@ -23,6 +23,18 @@ func isCanonical(b []byte) bool {
 type canonScanner struct {
 	b []byte
 	i int
+	// clean, when set, also requires every object key and string value to
+	// be one Sanitize leaves alone (see isSanitizedCanonical).
+	clean bool
+}
+
+// isSanitizedCanonical reports whether b is canonical (as isCanonical) and
+// Sanitize would change nothing in it: no key names a secret or PII and no
+// string value holds what a string rule looks for. Conservative like
+// isCanonical; FuzzSanitizeJSONFastPath checks it against the slow path.
+func isSanitizedCanonical(b []byte) bool {
+	sc := canonScanner{b: b, clean: true}
+	return sc.value(0) && sc.i == len(b)
 }
 
 func (s *canonScanner) eat(c byte) bool {
@@ -43,8 +55,8 @@ func (s *canonScanner) value(depth int) bool {
 	case '[':
 		return s.array(depth + 1)
 	case '"':
-		_, ok := s.str()
-		return ok
+		v, ok := s.str()
+		return ok && (!s.clean || !mayNeedRedaction(v))
 	case 't':
 		return s.lit("true")
 	case 'f':
@@ -68,6 +80,11 @@ func (s *canonScanner) object(depth int) bool {
 		// collapses) is left to the slow path too.
 		if !ok || (!first && bytes.Compare(prev, k) >= 0) || !s.eat(':') || !s.value(depth) {
 			return false
+		}
+		if s.clean {
+			if _, secret := keyMarker(string(k)); secret {
+				return false
+			}
 		}
 		prev = k
 		if s.eat('}') {

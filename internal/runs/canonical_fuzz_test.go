@@ -254,3 +254,35 @@ func depth(b []byte) int {
 	}
 	return most
 }
+
+// FuzzSanitizeJSONFastPath: whatever SanitizeJSON's fast path passes
+// through unchanged, the decode/sanitize/re-encode path leaves unchanged.
+func FuzzSanitizeJSONFastPath(f *testing.F) {
+	for _, s := range []string{
+		`{}`, `[]`, `null`, `"x"`, `{"text":"hi"}`, `{"a":{"b":["c",1.5,true,null]}}`,
+		`{"api_key":"x"}`, `{"Api-Key":null}`, `{"x_token":1}`, `{"EMAIL":"a"}`, `{" password ":"p"}`,
+		`{"t":"Bearer abcdefghijkl"}`, `{"t":"sk-0123456789abcdefXYZ"}`, `{"t":"mail a@b.co"}`,
+		`{"t":"call +1 (415) 555-0100"}`, `{"t":"eyJhbGciOi.eyJzdWIiOiIx.c2lnbmF0dXJlX3g"}`,
+		`{"b":1,"a":2}`, `{"t":"a\"b"}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		if !isSanitizedCanonical(in) {
+			return
+		}
+		dec := json.NewDecoder(bytes.NewReader(in))
+		dec.UseNumber()
+		var v any
+		if err := dec.Decode(&v); err != nil {
+			t.Fatalf("fast path accepted %q, which does not decode: %v", in, err)
+		}
+		var buf bytes.Buffer
+		if err := writeCanonical(&buf, Sanitize(v)); err != nil || !bytes.Equal(buf.Bytes(), in) {
+			t.Fatalf("fast path passes %q through, the slow path gives %q (%v)", in, buf.Bytes(), err)
+		}
+		if got, err := SanitizeJSON(in); err != nil || !bytes.Equal(got, in) {
+			t.Fatalf("SanitizeJSON(%q) = %q, %v", in, got, err)
+		}
+	})
+}

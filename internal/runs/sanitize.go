@@ -58,6 +58,11 @@ func Sanitize(payload any) any {
 // (see Canonical), ready to be hashed. Numbers keep their written form.
 // Empty input is the empty object.
 func SanitizeJSON(raw []byte) ([]byte, error) {
+	// Most payloads are canonical and hold nothing to redact: one scan,
+	// no decode.
+	if isSanitizedCanonical(raw) {
+		return bytes.Clone(raw), nil
+	}
 	if len(bytes.TrimSpace(raw)) == 0 {
 		return []byte("{}"), nil
 	}
@@ -93,11 +98,13 @@ var (
 	}
 )
 
+// keyUnderscores reads "-" and spaces in a key as "_".
+var keyUnderscores = strings.NewReplacer("-", "_", " ", "_")
+
 // keyMarker reports whether key names a secret or PII and the marker for it.
 // Keys are compared lowercased, trimmed, with "-" and spaces read as "_".
 func keyMarker(key string) (string, bool) {
-	k := strings.ToLower(strings.TrimSpace(key))
-	k = strings.NewReplacer("-", "_", " ", "_").Replace(k)
+	k := keyUnderscores.Replace(strings.ToLower(strings.TrimSpace(key)))
 	if secretKeys[k] {
 		return Redacted, true
 	}
@@ -134,6 +141,7 @@ func SanitizeString(s string) string {
 	return sanitizeString(s, true)
 }
 
+// Its prefilters and mayNeedRedaction must ask for the same things.
 func sanitizeString(s string, prefilter bool) string {
 	if s == "" {
 		return s
@@ -157,11 +165,18 @@ func sanitizeString(s string, prefilter bool) string {
 	return s
 }
 
+// mayNeedRedaction reports whether SanitizeString could change s: whether
+// s holds what one of its rules needs (the prefilters of sanitizeString).
+func mayNeedRedaction(s []byte) bool {
+	return containsFoldASCII(s, "bearer") || bytes.Contains(s, []byte("sk-")) ||
+		bytes.Contains(s, []byte("eyJ")) || bytes.IndexAny(s, "@0123456789") >= 0
+}
+
 // containsFoldASCII reports whether s contains word (ASCII letters without
 // non-ASCII case variants, as "bearer") in any case.
-func containsFoldASCII(s, word string) bool {
+func containsFoldASCII[T string | []byte](s T, word string) bool {
 	for i := 0; i+len(word) <= len(s); i++ {
-		if strings.EqualFold(s[i:i+len(word)], word) {
+		if strings.EqualFold(string(s[i:i+len(word)]), word) {
 			return true
 		}
 	}
