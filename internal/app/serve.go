@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
 	"strconv"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	"github.com/oaruntime/oaruntime/internal/breaker"
 	"github.com/oaruntime/oaruntime/internal/config"
 	"github.com/oaruntime/oaruntime/internal/executor"
+	"github.com/oaruntime/oaruntime/internal/gcfloor"
 	"github.com/oaruntime/oaruntime/internal/httpapi"
 	"github.com/oaruntime/oaruntime/internal/notify"
 	"github.com/oaruntime/oaruntime/internal/projection"
@@ -95,6 +97,11 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if err := cfg.Resolve(); err != nil {
 		return err
+	}
+	// Process-wide, so here rather than in NewServer (tests build many
+	// servers in one process).
+	if _, set := os.LookupEnv("GOGC"); !set && cfg.GCHeapFloorMB > 0 {
+		defer gcfloor.Start(uint64(cfg.GCHeapFloorMB)<<20, 100)()
 	}
 	srv, err := NewServer(ctx, &cfg, stderr)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -63,6 +64,9 @@ type Config struct {
 	// PprofAddr, when set, serves net/http/pprof on its own listener (keep
 	// it on localhost: profiles reveal internals). Off by default.
 	PprofAddr string
+	// GCHeapFloorMB keeps the Go heap goal at least this many MiB (see
+	// package gcfloor); 0 turns it off. GOGC in the environment wins.
+	GCHeapFloorMB int
 }
 
 // env returns the environment value of key or def.
@@ -80,6 +84,20 @@ func envDuration(key string, def time.Duration) time.Duration {
 		}
 	}
 	return def
+}
+
+// envInt returns the integer value of key, def when unset, and -1 when it
+// is not an integer (Resolve refuses negative values by name).
+func envInt(key string, def int) int {
+	v := os.Getenv(key)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return -1
+	}
+	return n
 }
 
 // Register binds every setting to fs, defaulting from the environment.
@@ -115,6 +133,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.StreamHeartbeat, "stream-heartbeat", envDuration("OA_RUNTIME_STREAM_HEARTBEAT", 15*time.Second), "SSE heartbeat interval (OA_RUNTIME_STREAM_HEARTBEAT)")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 10*time.Second, "time allowed for a clean shutdown")
 	fs.StringVar(&c.PprofAddr, "pprof-addr", env("OA_RUNTIME_PPROF_ADDR", ""), "serve Go profiles (net/http/pprof) on this address, e.g. 127.0.0.1:6060 (OA_RUNTIME_PPROF_ADDR; off by default)")
+	fs.IntVar(&c.GCHeapFloorMB, "gc-heap-floor-mb", envInt("OA_RUNTIME_GC_HEAP_FLOOR_MB", 256), "keep the Go heap goal at least this many MiB, so a small heap is not collected several times a second; 0 = off, and GOGC in the environment wins (OA_RUNTIME_GC_HEAP_FLOOR_MB)")
 	fs.BoolVar(&c.EnableFaults, "enable-faults", env("OA_RUNTIME_ENABLE_FAULTS", "") == "1", "expose operator fault-injection endpoints (OA_RUNTIME_ENABLE_FAULTS=1); never in production")
 }
 
@@ -140,6 +159,9 @@ func (c *Config) Resolve() error {
 	}
 	if !c.IsPostgres() && !strings.HasPrefix(c.DatabaseURL, "sqlite:") {
 		return fmt.Errorf("OA_RUNTIME_DATABASE_URL: want postgres://... or sqlite:PATH, got %q", c.DatabaseURL)
+	}
+	if c.GCHeapFloorMB < 0 {
+		return errors.New("OA_RUNTIME_GC_HEAP_FLOOR_MB (--gc-heap-floor-mb): want a whole number of MiB, 0 or more")
 	}
 	if c.KhalaSink != "builtin" && c.KhalaSink != "http" {
 		return fmt.Errorf("OA_KHALA_SINK: want builtin or http, got %q", c.KhalaSink)
