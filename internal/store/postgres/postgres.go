@@ -102,6 +102,9 @@ type Store struct {
 	// one Watch is active and all active ones are connected.
 	watchers  atomic.Int64
 	connected atomic.Int64
+	// projectionFallbacks counts projection batches written one by one
+	// (a write failed, or the batch could not be sent).
+	projectionFallbacks atomic.Int64
 
 	mu     sync.Mutex // guards closed and loops.Add against Close
 	closed bool

@@ -140,57 +140,83 @@ func (s *Store) WriteProjection(ctx context.Context, in store.ProjectionWriteInp
 	return wm, nil
 }
 
-// WriteProjections writes several projections in one round trip and one
-// transaction (the projector's batch; see projection.BatchWriter). When any
-// of them fails, none is kept and each is written on its own, so every
-// input gets the answer WriteProjection would give it.
+// WriteProjections writes several projections in one call of
+// oa_write_projections (migration 00080): one round trip, one transaction
+// and a few set-based statements (the projector's batch; see
+// projection.BatchWriter). When any of them fails, none is kept and each is
+// written on its own, so every input gets the answer WriteProjection would
+// give it.
 func (s *Store) WriteProjections(ctx context.Context, ins []store.ProjectionWriteInput) ([]int64, []error) {
 	wms, errs := make([]int64, len(ins)), make([]error, len(ins))
 	if len(ins) == 0 {
 		return wms, errs
 	}
-	// Lock order, as in oa_write_projection: every checkpoint row of the
-	// batch first (sorted), then the watermark rows, taken in topic order.
-	// A batch that took a watermark before a checkpoint could deadlock
-	// with a single write of the same entity.
+	// In topic, then entity order: the order the watermarks of a topic are
+	// handed out in, as when the writes were made one by one in this order.
 	order := make([]int, len(ins))
-	projections, entities := make([]string, len(ins)), make([]string, len(ins))
-	for i, in := range ins {
+	for i := range ins {
 		order[i] = i
-		projections[i], entities[i] = in.Projection, in.EntityID
 	}
 	sort.SliceStable(order, func(a, b int) bool {
 		x, y := ins[order[a]], ins[order[b]]
 		return x.Topic < y.Topic || (x.Topic == y.Topic && x.EntityID < y.EntityID)
 	})
-	b := &pgx.Batch{}
-	b.Queue(`SELECT 1 FROM khala_projection_checkpoints
-		WHERE (projection, entity_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-		ORDER BY projection, entity_id FOR UPDATE`, projections, entities)
+	var a projectionArgs
 	ok := true
 	for _, i := range order {
-		in := ins[i]
-		if checkWriteInput(in) != nil {
-			ok = false
+		if ok = a.add(ins[i]); !ok {
 			break
 		}
-		doc, err := runs.CanonicalizeRaw(in.Doc)
-		if err != nil {
-			ok = false
-			break
+	}
+	if ok {
+		var got []int64
+		err := s.pool.QueryRow(ctx, `SELECT oa_write_projections($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
+			a.projection, a.entity, a.topic, a.docKey, a.owner, a.version, a.sourceSeq, a.hash,
+			a.doc, a.payloadHash, a.force, a.expectSeq).Scan(&got)
+		if err == nil && len(got) == len(ins) {
+			for j, i := range order {
+				wms[i] = got[j]
+			}
+			return wms, errs
 		}
-		b.Queue(`SELECT oa_write_projection($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
-			in.Projection, in.EntityID, in.Topic, in.DocKey, in.OwnerSub, in.Version, in.SourceSeq, in.Hash,
-			string(doc), runs.PayloadHash(doc), in.Force, in.ExpectSeq).QueryRow(func(row pgx.Row) error { return row.Scan(&wms[i]) })
 	}
-	// A batch without BEGIN is one implicit transaction: all or none.
-	if ok && s.pool.SendBatch(ctx, b).Close() == nil {
-		return wms, errs
-	}
+	s.projectionFallbacks.Add(1)
 	for i, in := range ins {
 		wms[i], errs[i] = s.WriteProjection(ctx, in)
 	}
 	return wms, errs
+}
+
+// projectionArgs are the parallel arrays of oa_write_projections.
+type projectionArgs struct {
+	projection, entity, topic, docKey, owner, version, hash, doc, payloadHash []string
+	sourceSeq, expectSeq                                                      []int64
+	force                                                                     []bool
+}
+
+// add appends one write; false when it is invalid (it is then written on
+// its own, which reports why).
+func (a *projectionArgs) add(in store.ProjectionWriteInput) bool {
+	if checkWriteInput(in) != nil {
+		return false
+	}
+	doc, err := runs.CanonicalizeRaw(in.Doc)
+	if err != nil {
+		return false
+	}
+	a.projection = append(a.projection, in.Projection)
+	a.entity = append(a.entity, in.EntityID)
+	a.topic = append(a.topic, in.Topic)
+	a.docKey = append(a.docKey, in.DocKey)
+	a.owner = append(a.owner, in.OwnerSub)
+	a.version = append(a.version, in.Version)
+	a.sourceSeq = append(a.sourceSeq, in.SourceSeq)
+	a.hash = append(a.hash, in.Hash)
+	a.doc = append(a.doc, string(doc))
+	a.payloadHash = append(a.payloadHash, runs.PayloadHash(doc))
+	a.force = append(a.force, in.Force)
+	a.expectSeq = append(a.expectSeq, in.ExpectSeq)
+	return true
 }
 
 // sqlstateProjectionConflict is raised by oa_write_projection when the

@@ -30,11 +30,28 @@ func TestWriteProjectionsBatchAndFallback(t *testing.T) {
 			DocKey: "run:" + id, OwnerSub: "user:1", Doc: json.RawMessage(fmt.Sprintf(`{"seq":%d}`, seq)),
 			Hash: strings.Repeat("a", 64), Version: "v1", SourceSeq: seq, ExpectSeq: expect}
 	}
-	wms, errs := s.WriteProjections(ctx, []store.ProjectionWriteInput{in("a", 1, -1), in("b", 1, -1), in("c", 1, -1)})
-	for i, err := range errs {
-		if err != nil || wms[i] != int64(i+1) {
-			t.Fatalf("batch write %d: watermark %d, %v; want %d", i, wms[i], err, i+1)
+	// Given out of order, across two topics: each topic's watermarks go to
+	// its writes in entity order.
+	other := in("z", 1, -1)
+	other.Topic = store.TopicCodexWorkerSummaries
+	wms, errs := s.WriteProjections(ctx, []store.ProjectionWriteInput{in("c", 1, -1), other, in("a", 1, -1), in("b", 1, -1)})
+	for i, want := range []int64{3, 1, 1, 2} {
+		if errs[i] != nil || wms[i] != want {
+			t.Fatalf("batch write %d: watermark %d, %v; want %d", i, wms[i], errs[i], want)
 		}
+	}
+	if n := s.projectionFallbacks.Load(); n != 0 {
+		t.Fatalf("a valid batch was written one by one (%d fallbacks)", n)
+	}
+	for _, id := range []string{"a", "b", "c"} {
+		doc, err := s.GetDocument(ctx, store.TopicRunSummaries, "run:"+id)
+		if err != nil || doc.SourceSeq != 1 || string(doc.Payload) != `{"seq":1}` {
+			t.Fatalf("document of %s: %+v, %v", id, doc, err)
+		}
+	}
+	rows, err := s.ReadStream(ctx, store.TopicRunSummaries, 0, 10)
+	if err != nil || len(rows) != 3 || rows[0].DocKey != "run:a" || rows[2].DocKey != "run:c" || rows[2].Watermark != 3 {
+		t.Fatalf("stream rows %+v, %v", rows, err)
 	}
 	// b's writer decided from a stale checkpoint (none): a conflict, while
 	// a and c advance.
@@ -45,11 +62,20 @@ func TestWriteProjectionsBatchAndFallback(t *testing.T) {
 	if wms[0] == 0 || wms[2] == 0 || wms[1] != 0 {
 		t.Fatalf("watermarks %v", wms)
 	}
+	if n := s.projectionFallbacks.Load(); n != 1 {
+		t.Fatalf("fallbacks = %d, want 1 (the batch with the stale writer)", n)
+	}
 	for id, want := range map[string]int64{"a": 2, "b": 1, "c": 2} {
 		cp, err := s.GetCheckpoint(ctx, store.ProjectionRun, id)
 		if err != nil || cp.LastSeq != want {
 			t.Fatalf("checkpoint of %s: %+v %v, want seq %d", id, cp, err, want)
 		}
+	}
+	// Two writes of one document in a batch cannot be one statement's:
+	// written one by one, the second one's precondition fails.
+	wms, errs = s.WriteProjections(ctx, []store.ProjectionWriteInput{in("a", 3, 2), in("a", 4, 2)})
+	if errs[0] != nil || !errors.Is(errs[1], store.ErrConflict) || wms[0] == 0 {
+		t.Fatalf("duplicate in batch: %v %v", wms, errs)
 	}
 }
 
