@@ -212,3 +212,39 @@ func DropMember(doc []byte, key string) ([]byte, bool) {
 	}
 	return doc, true
 }
+
+// stringMembers reads the top-level members named keys (lowercase) of a
+// JSON object into vals, as json.Unmarshal into string fields with those
+// names would, without decoding the document: an absent member or a null
+// leaves "". ok=false when that cannot be done by a scan: doc is not an
+// object isCanonical accepts, or a wanted member is not a string, or some
+// key matches a wanted one only case-insensitively (json.Unmarshal's
+// matching). Then decode instead.
+func stringMembers(doc []byte, keys []string, vals []string) (ok bool) {
+	if len(doc) == 0 || doc[0] != '{' || !isCanonical(doc) {
+		return false
+	}
+	s := canonScanner{b: doc, i: 1}
+	for s.i < len(doc) && doc[s.i] != '}' {
+		k, _ := s.str()
+		s.i++ // :
+		start := s.i
+		s.value(1)
+		v := doc[start:s.i]
+		for j, want := range keys {
+			switch {
+			case string(k) == want:
+				switch {
+				case v[0] == '"':
+					vals[j] = string(v[1 : len(v)-1])
+				case string(v) != "null":
+					return false
+				}
+			case bytes.EqualFold(k, []byte(want)): // also "ſtatus", as json.Unmarshal
+				return false
+			}
+		}
+		s.eat(',')
+	}
+	return true
+}

@@ -286,3 +286,32 @@ func FuzzSanitizeJSONFastPath(f *testing.F) {
 		}
 	})
 }
+
+// FuzzStringMembers: whenever stringMembers reads a run.finished payload,
+// json.Unmarshal into Transition's struct reads the same.
+func FuzzStringMembers(f *testing.F) {
+	for _, s := range []string{
+		`{"reason":"answered","reason_class":"completed","status":"succeeded"}`, `{}`, `{"status":null}`,
+		`{"Status":"failed"}`, `{"STATUS":"x","status":"y"}`, `{"status":1}`, `{"status":"a\"b"}`, `[]`, `"x"`,
+		`{"a":{"status":"no"},"status":"yes"}`, `{"reason":["x"],"status":"failed"}`, `{"status":"é"}`, `{"ſtatus":"x"}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		vals := make([]string, len(finishedKeys))
+		if !stringMembers(in, finishedKeys, vals) {
+			return
+		}
+		var p struct {
+			Status      string `json:"status"`
+			ReasonClass string `json:"reason_class"`
+			Reason      string `json:"reason"`
+		}
+		if err := json.Unmarshal(in, &p); err != nil {
+			t.Fatalf("scan read %q as %q, json.Unmarshal fails: %v", in, vals, err)
+		}
+		if got := []string{p.Status, p.ReasonClass, p.Reason}; !reflect.DeepEqual(got, vals) {
+			t.Fatalf("scan read %q as %q, json.Unmarshal as %q", in, vals, got)
+		}
+	})
+}

@@ -33,6 +33,10 @@ type Outcome struct {
 // transition table of the original Rust state machine. Event types other than
 // run.started, run.cancel_requested and run.finished do not change status and
 // are accepted unless the run is terminal.
+// finishedKeys are the members of a run.finished payload Transition reads
+// (the json names of its fields, in that order).
+var finishedKeys = []string{"status", "reason_class", "reason"}
+
 func Transition(status, eventType string, payload json.RawMessage) (Outcome, error) {
 	out := Outcome{Status: status}
 	terminal := status == StatusSucceeded || status == StatusFailed || status == StatusCanceled
@@ -53,7 +57,10 @@ func Transition(status, eventType string, payload json.RawMessage) (Outcome, err
 			ReasonClass string `json:"reason_class"`
 			Reason      string `json:"reason"`
 		}
-		if len(payload) > 0 {
+		vals := []string{"", "", ""}
+		if stringMembers(payload, finishedKeys, vals) {
+			p.Status, p.ReasonClass, p.Reason = vals[0], vals[1], vals[2]
+		} else if len(payload) > 0 {
 			if err := json.Unmarshal(payload, &p); err != nil {
 				return out, fmt.Errorf("%w: run.finished payload: %v", ErrIllegalTransition, err)
 			}
