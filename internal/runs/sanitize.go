@@ -159,7 +159,7 @@ func sanitizeString(s string, prefilter bool) string {
 	if may(strings.IndexByte(s, '@') >= 0) {
 		s = emailRe.ReplaceAllString(s, RedactedEmail)
 	}
-	if may(strings.IndexAny(s, "0123456789") >= 0) {
+	if may(mayHavePhone(s)) {
 		s = redactPhones(s)
 	}
 	return s
@@ -169,7 +169,32 @@ func sanitizeString(s string, prefilter bool) string {
 // s holds what one of its rules needs (the prefilters of sanitizeString).
 func mayNeedRedaction(s []byte) bool {
 	return containsFoldASCII(s, "bearer") || bytes.Contains(s, []byte("sk-")) ||
-		bytes.Contains(s, []byte("eyJ")) || bytes.IndexAny(s, "@0123456789") >= 0
+		bytes.Contains(s, []byte("eyJ")) || bytes.IndexByte(s, '@') >= 0 || mayHavePhone(s)
+}
+
+// mayHavePhone reports whether phoneCandRe can match in s: whether a run of
+// the characters of [\d\-\s().] holds two digits six or more apart (the
+// pattern's core is \d[\d\-\s().]{5,}\d). Ids, counts and model names
+// ("gpt-4o", "run_42") have none, so most strings skip the regexp.
+func mayHavePhone[T string | []byte](s T) bool {
+	first, last := -1, -1
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= '0' && c <= '9':
+			if first < 0 {
+				first = i
+			}
+			last = i
+			if last-first >= 6 {
+				return true
+			}
+		case c == '-' || c == ' ' || c == '\t' || c == '\n' || c == '\f' || c == '\r' || c == '(' || c == ')' || c == '.':
+		default:
+			first, last = -1, -1
+		}
+	}
+	return false
 }
 
 // containsFoldASCII reports whether s contains word (ASCII letters without

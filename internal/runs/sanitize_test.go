@@ -182,7 +182,7 @@ func FuzzSanitizeString(f *testing.F) {
 //	go test -run '^$' -fuzz '^FuzzSanitizeStringPrefilter$' -fuzztime 60s ./internal/runs/
 func FuzzSanitizeStringPrefilter(f *testing.F) {
 	for _, s := range []string{"2026-02-19", "555-123-4567", "BeArEr abcdefgh1", "bearer\tabcdefgh1==", "a@b.cd",
-		"x sk-aaaaaaaaaaaaaaaaaaaa", "eyJhbGciOi.eyJzdWIiOiIx.c2lnbmF0dXJl", "+1 (555) 123-4567)", "plain text", "ｂｅａｒｅｒ x"} {
+		"x sk-aaaaaaaaaaaaaaaaaaaa", "eyJhbGciOi.eyJzdWIiOiIx.c2lnbmF0dXJl", "+1 (555) 123-4567)", "plain text", "ｂｅａｒｅｒ x", "gpt-4o-mini", "1234567", "123456", "1 2 3 4", "12.3-4(5)6\v7"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
