@@ -891,9 +891,10 @@ func (p *Projector) project(ctx context.Context, runID string, force bool) (Outc
 
 // BatchLogLoader is a store that reads the checkpoints and logs of many
 // runs in one snapshot and one round trip (results in runIDs' order, each
-// with its own error). One snapshot is as safe as the checkpoint-then-log
-// order: a checkpoint only names a seq that was in the log when it
-// committed.
+// with its own error); the events may come without their payloads, which
+// a run summary does not read. One snapshot is as safe as the
+// checkpoint-then-log order: a checkpoint only names a seq that was in the
+// log when it committed.
 type BatchLogLoader interface {
 	LoadRunLogsAndCheckpoints(ctx context.Context, projection string, runIDs []string) ([]store.RunLog, error)
 }

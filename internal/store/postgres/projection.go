@@ -22,7 +22,7 @@ var _ store.ProjectionStore = (*Store)(nil)
 
 // LoadRunLog implements store.ProjectionStore (see loadRunLogs).
 func (s *Store) LoadRunLog(ctx context.Context, runID string) (store.Run, []store.Event, error) {
-	logs, err := s.loadRunLogs(ctx, "", []string{runID})
+	logs, err := s.loadRunLogs(ctx, "", []string{runID}, true)
 	if err != nil {
 		return store.Run{}, nil, err
 	}
@@ -39,20 +39,23 @@ func checkWriteInput(in store.ProjectionWriteInput) error {
 
 // LoadRunLogsAndCheckpoints reads the runs, logs and checkpoints of
 // projection of runIDs in one snapshot and one round trip (see
-// projection.BatchLogLoader); results are in runIDs' order.
+// projection.BatchLogLoader); results are in runIDs' order. The events
+// come without their payloads: a run summary reads none, and payloads
+// (model output) are most of a log's bytes.
 func (s *Store) LoadRunLogsAndCheckpoints(ctx context.Context, projection string, runIDs []string) ([]store.RunLog, error) {
 	if !storable(projection) {
 		return nil, fmt.Errorf("postgres: load run logs: projection %q is not storable", projection)
 	}
-	return s.loadRunLogs(ctx, projection, runIDs)
+	return s.loadRunLogs(ctx, projection, runIDs, false)
 }
 
-// loadRunLogs reads runIDs' rows, their events with seq <= latest_seq and,
+// loadRunLogs reads runIDs' rows, their events with seq <= latest_seq
+// (with their payloads when payloads is set, else with nil ones) and,
 // unless projection is "", their checkpoints of projection: one REPEATABLE
 // READ snapshot, one round trip. Each read is a key lookup per run
 // (LATERAL ... OFFSET 0 keeps the planner from turning them into a scan of
 // a young table whose statistics say it is small).
-func (s *Store) loadRunLogs(ctx context.Context, projection string, runIDs []string) ([]store.RunLog, error) {
+func (s *Store) loadRunLogs(ctx context.Context, projection string, runIDs []string, payloads bool) ([]store.RunLog, error) {
 	out := make([]store.RunLog, len(runIDs))
 	at := make(map[string]int, len(runIDs))
 	ids := make([]string, 0, len(runIDs))
@@ -90,8 +93,12 @@ func (s *Store) loadRunLogs(ctx context.Context, projection string, runIDs []str
 		}
 		return err
 	})
+	cols := eventCols
+	if !payloads {
+		cols = strings.Replace(eventCols, "payload,", "NULL::json AS payload,", 1)
+	}
 	b.Queue(`SELECT e.* FROM unnest($1::text[]) AS i(id) CROSS JOIN LATERAL (
-		SELECT `+eventCols+` FROM run_events
+		SELECT `+cols+` FROM run_events
 		WHERE run_id = i.id AND seq <= (SELECT latest_seq FROM runs WHERE run_id = i.id)
 		ORDER BY seq OFFSET 0) e`, ids).Query(func(rows pgx.Rows) error {
 		evs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.Event, error) { return scanEvent(r) })

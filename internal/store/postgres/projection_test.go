@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -112,6 +113,7 @@ func TestLoadRunLogAndCheckpoint(t *testing.T) {
 	}
 	wantCP, _ := s.GetCheckpoint(ctx, store.ProjectionRun, "r1")
 	wantRun, wantEvs, _ := s.LoadRunLog(ctx, "r1")
+	wantEvs = withoutPayloads(wantEvs)
 	if fmt.Sprint(*lr.Checkpoint) != fmt.Sprint(wantCP) || fmt.Sprint(lr.Run) != fmt.Sprint(wantRun) || fmt.Sprint(lr.Events) != fmt.Sprint(wantEvs) || len(lr.Events) != 3 {
 		t.Fatalf("combined read differs:\n%v %v %v\nwant %v %v %v", *lr.Checkpoint, lr.Run, lr.Events, wantCP, wantRun, wantEvs)
 	}
@@ -124,7 +126,7 @@ func TestLoadRunLogAndCheckpoint(t *testing.T) {
 }
 
 // LoadRunLogsAndCheckpoints gives, run by run and in the order asked,
-// what GetCheckpoint and LoadRunLog give.
+// what GetCheckpoint and LoadRunLog give, events without their payloads.
 func TestLoadRunLogsAndCheckpoints(t *testing.T) {
 	s := newTestStore(t)
 	ctx := context.Background()
@@ -159,6 +161,7 @@ func TestLoadRunLogsAndCheckpoints(t *testing.T) {
 		if err != nil {
 			continue
 		}
+		evs = withoutPayloads(evs)
 		if has != (g.Checkpoint != nil) || (has && fmt.Sprint(*g.Checkpoint) != fmt.Sprint(cp)) ||
 			fmt.Sprint(g.Run) != fmt.Sprint(run) || fmt.Sprint(g.Events) != fmt.Sprint(evs) {
 			t.Fatalf("%s: batch read differs:\n%v %v %v\nwant %v(%t) %v %v", id, g.Checkpoint, g.Run, g.Events, cp, has, run, evs)
@@ -170,4 +173,14 @@ func TestLoadRunLogsAndCheckpoints(t *testing.T) {
 	if _, err := s.LoadRunLogsAndCheckpoints(ctx, store.ProjectionRun, []string{"r1", "r1"}); err == nil {
 		t.Fatal("a run asked twice was not refused")
 	}
+}
+
+// withoutPayloads is evs as the projector's batch read gives them: nil
+// payloads (a payload read back would make the comparison fail).
+func withoutPayloads(evs []store.Event) []store.Event {
+	out := slices.Clone(evs)
+	for i := range out {
+		out[i].Payload = nil
+	}
+	return out
 }
