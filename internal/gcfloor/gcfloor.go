@@ -52,10 +52,14 @@ type tuner struct {
 	stopped bool
 }
 
+// sentinel holds a pointer so that it is not a tiny allocation, which
+// shares its block with other objects and could outlive its collection.
+type sentinel struct{ _ *byte }
+
 // arm registers a cleanup on a fresh object, so that the collection that
 // frees it calls tune; tune arms the next one.
 func (t *tuner) arm() {
-	runtime.AddCleanup(new(byte), func(t *tuner) { t.tune() }, t)
+	runtime.AddCleanup(&sentinel{}, func(t *tuner) { t.tune() }, t)
 }
 
 func (t *tuner) tune() {
