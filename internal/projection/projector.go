@@ -953,7 +953,7 @@ func (p *Projector) prepareRun(ctx context.Context, runID string, force bool, lr
 	if n := len(events); run.LatestSeq > 0 && (n == 0 || events[n-1].Seq != run.LatestSeq) {
 		prev = p.previousSummary(pr.ctx, runID)
 	}
-	sum, gaps := BuildRunSummary(run, events, p.cfg.Version, prev, p.cfg.Now())
+	sum, gaps := buildRunSummary(run, lr.Elided, events, p.cfg.Version, prev, p.cfg.Now())
 	doc, hash, err := encodeSummary(sum)
 	if err != nil {
 		pr.err = err

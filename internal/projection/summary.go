@@ -97,6 +97,13 @@ type Gap struct {
 // the last event's time (or the run's creation): derived from the log alone,
 // so the hash of a seq never depends on unrelated run row updates.
 func BuildRunSummary(run store.Run, events []store.Event, version string, prev *RunSummary, now time.Time) (RunSummary, []Gap) {
+	return buildRunSummary(run, 0, events, version, prev, now)
+}
+
+// buildRunSummary is BuildRunSummary of a log read with its first elided
+// events above the floor counted, not read (store.RunLog.Elided): the same
+// summary and gaps as from the whole log.
+func buildRunSummary(run store.Run, elided int64, events []store.Event, version string, prev *RunSummary, now time.Time) (RunSummary, []Gap) {
 	s := RunSummary{
 		DocumentID:        RunDocKey(run.RunID),
 		Kind:              KindRunSummary,
@@ -104,7 +111,7 @@ func BuildRunSummary(run store.Run, events []store.Event, version string, prev *
 		ThreadID:          run.ThreadID,
 		Status:            run.Status,
 		LatestSeq:         run.LatestSeq,
-		EventCount:        run.RetentionFloorSeq + int64(len(events)),
+		EventCount:        run.RetentionFloorSeq + elided + int64(len(events)),
 		UpdatedAt:         isoTime(run.CreatedAt),
 		ProjectionVersion: version,
 		ProjectedAt:       isoTime(now),
@@ -122,7 +129,7 @@ func BuildRunSummary(run store.Run, events []store.Event, version string, prev *
 	}
 
 	var gaps []Gap
-	expect := run.RetentionFloorSeq + 1
+	expect := run.RetentionFloorSeq + elided + 1
 	for _, e := range events {
 		if e.Seq != expect {
 			gaps = append(gaps, Gap{ExpectedSeq: expect, LastSeen: expect - 1, IncomingSeq: e.Seq})

@@ -157,7 +157,13 @@ type RunLog struct {
 	Checkpoint *Checkpoint
 	Run        Run
 	Events     []Event
-	Err        error
+	// Elided, when above 0, says the first Elided events above the run's
+	// retention floor (seq RetentionFloorSeq+1 ... RetentionFloorSeq+Elided)
+	// are all present and were counted rather than read: Events holds the
+	// ones after them. A reader may elide only a log with no gap and no
+	// event at or below the floor.
+	Elided int64
+	Err    error
 }
 
 // ProjectionStore is the projection contract, implemented by both drivers'

@@ -39,9 +39,11 @@ func checkWriteInput(in store.ProjectionWriteInput) error {
 
 // LoadRunLogsAndCheckpoints reads the runs, logs and checkpoints of
 // projection of runIDs in one snapshot and one round trip (see
-// projection.BatchLogLoader); results are in runIDs' order. The events
-// come without their payloads: a run summary reads none, and payloads
-// (model output) are most of a log's bytes.
+// projection.BatchLogLoader); results are in runIDs' order. What a run
+// summary does not need is left out: event payloads (model output, most of
+// a log's bytes) and, when the log is complete, every event but the last
+// (counted instead; see store.RunLog.Elided), so that projecting a long
+// run does not read its whole log each time.
 func (s *Store) LoadRunLogsAndCheckpoints(ctx context.Context, projection string, runIDs []string) ([]store.RunLog, error) {
 	if !storable(projection) {
 		return nil, fmt.Errorf("postgres: load run logs: projection %q is not storable", projection)
@@ -50,7 +52,8 @@ func (s *Store) LoadRunLogsAndCheckpoints(ctx context.Context, projection string
 }
 
 // loadRunLogs reads runIDs' rows, their events with seq <= latest_seq
-// (with their payloads when payloads is set, else with nil ones) and,
+// (all of them with their payloads when payloads is set, else as
+// LoadRunLogsAndCheckpoints describes) and,
 // unless projection is "", their checkpoints of projection: one REPEATABLE
 // READ snapshot, one round trip. Each read is a key lookup per run
 // (LATERAL ... OFFSET 0 keeps the planner from turning them into a scan of
@@ -93,21 +96,55 @@ func (s *Store) loadRunLogs(ctx context.Context, projection string, runIDs []str
 		}
 		return err
 	})
-	cols := eventCols
-	if !payloads {
-		cols = strings.Replace(eventCols, "payload,", "NULL::json AS payload,", 1)
+	if payloads {
+		b.Queue(`SELECT e.* FROM unnest($1::text[]) AS i(id) CROSS JOIN LATERAL (
+			SELECT `+eventCols+` FROM run_events
+			WHERE run_id = i.id AND seq <= (SELECT latest_seq FROM runs WHERE run_id = i.id)
+			ORDER BY seq OFFSET 0) e`, ids).Query(func(rows pgx.Rows) error {
+			evs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.Event, error) { return scanEvent(r) })
+			for _, e := range evs {
+				i := at[e.RunID]
+				out[i].Events = append(out[i].Events, e)
+			}
+			return err
+		})
+	} else {
+		// The projector's read (see store.RunLog.Elided): when the run's
+		// events above its retention floor are all there (counted, not
+		// read), only the last is read, and none of them with its payload.
+		// A log with a gap, or with events at or below the floor, is read
+		// whole, so that the summary reports what it finds exactly as from
+		// a full read.
+		cols := strings.Replace(eventCols, "payload,", "NULL::json AS payload,", 1)
+		b.Queue(`SELECT e.*, x.elided FROM unnest($1::text[]) AS i(id)
+			CROSS JOIN LATERAL (SELECT latest_seq, retention_floor_seq FROM runs WHERE run_id = i.id OFFSET 0) r
+			CROSS JOIN LATERAL (SELECT CASE
+				WHEN r.latest_seq - r.retention_floor_seq > 1
+				 AND NOT EXISTS (SELECT 1 FROM run_events WHERE run_id = i.id AND seq <= r.retention_floor_seq)
+				 AND (SELECT count(*) FROM run_events
+				      WHERE run_id = i.id AND seq > r.retention_floor_seq AND seq <= r.latest_seq) = r.latest_seq - r.retention_floor_seq
+				THEN r.latest_seq - r.retention_floor_seq - 1 ELSE 0 END AS elided) x
+			CROSS JOIN LATERAL (
+				SELECT `+cols+` FROM run_events
+				WHERE run_id = i.id AND seq <= r.latest_seq AND (x.elided = 0 OR seq > r.retention_floor_seq + x.elided)
+				ORDER BY seq OFFSET 0) e`, ids).Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var (
+					e       store.Event
+					payload []byte
+					elided  int64
+				)
+				if err := rows.Scan(&e.RunID, &e.Seq, &e.EventType, &payload, &e.PrevHash, &e.EventHash, &e.IdempotencyKey,
+					&e.Trace.TraceParent, &e.Trace.TraceState, &e.Trace.RequestID, &e.CreatedAt, &elided); err != nil {
+					return err
+				}
+				e.CreatedAt = e.CreatedAt.UTC()
+				i := at[e.RunID]
+				out[i].Events, out[i].Elided = append(out[i].Events, e), elided
+			}
+			return rows.Err()
+		})
 	}
-	b.Queue(`SELECT e.* FROM unnest($1::text[]) AS i(id) CROSS JOIN LATERAL (
-		SELECT `+cols+` FROM run_events
-		WHERE run_id = i.id AND seq <= (SELECT latest_seq FROM runs WHERE run_id = i.id)
-		ORDER BY seq OFFSET 0) e`, ids).Query(func(rows pgx.Rows) error {
-		evs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.Event, error) { return scanEvent(r) })
-		for _, e := range evs {
-			i := at[e.RunID]
-			out[i].Events = append(out[i].Events, e)
-		}
-		return err
-	})
 	b.Queue(`COMMIT`)
 	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("postgres: load run logs: %w", err)
