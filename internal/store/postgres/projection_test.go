@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"testing"
 
@@ -81,7 +80,7 @@ func TestWriteProjectionsBatchAndFallback(t *testing.T) {
 }
 
 // A run's checkpoint and log read together give what GetCheckpoint and
-// LoadRunLog give (as batchView describes).
+// LoadRunLog give (as storetest.BatchView describes), without payloads.
 func TestLoadRunLogAndCheckpoint(t *testing.T) {
 	s := newTestStore(t)
 	ctx := context.Background()
@@ -113,7 +112,12 @@ func TestLoadRunLogAndCheckpoint(t *testing.T) {
 	}
 	wantCP, _ := s.GetCheckpoint(ctx, store.ProjectionRun, "r1")
 	wantRun, wantEvs, _ := s.LoadRunLog(ctx, "r1")
-	elided, wantEvs := batchView(wantRun, wantEvs)
+	elided, wantEvs := storetest.BatchView(wantRun, wantEvs)
+	for _, e := range lr.Events {
+		if e.Payload != nil {
+			t.Fatalf("event %d read with its payload %s", e.Seq, e.Payload)
+		}
+	}
 	if fmt.Sprint(*lr.Checkpoint) != fmt.Sprint(wantCP) || fmt.Sprint(lr.Run) != fmt.Sprint(wantRun) || fmt.Sprint(lr.Events) != fmt.Sprint(wantEvs) ||
 		lr.Elided != elided || elided != 2 || len(lr.Events) != 1 {
 		t.Fatalf("combined read differs:\n%v %v %v\nwant %v %v %v", *lr.Checkpoint, lr.Run, lr.Events, wantCP, wantRun, wantEvs)
@@ -126,112 +130,17 @@ func TestLoadRunLogAndCheckpoint(t *testing.T) {
 	}
 }
 
-// LoadRunLogsAndCheckpoints gives, run by run and in the order asked,
-// what GetCheckpoint and LoadRunLog give (as batchView describes).
-func TestLoadRunLogsAndCheckpoints(t *testing.T) {
+// The batch read elides no damaged log (see storetest.BatchReadOfDamagedLogs).
+func TestBatchReadOfDamagedLogs(t *testing.T) {
 	s := newTestStore(t)
-	ctx := context.Background()
-	for _, id := range []string{"r1", "r2", "r3"} {
-		mustCreateRun(t, s, id)
-	}
-	for i := range 4 { // r1 and r2 get events, in interleaved commits; r3 none
-		for _, id := range []string{"r2", "r1"} {
-			if _, _, err := s.AppendEvent(ctx, store.AppendInput{RunID: id, EventType: "run.delta", Payload: json.RawMessage(fmt.Sprintf(`{"i":%d}`, i))}); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	if _, err := s.WriteProjection(ctx, store.ProjectionWriteInput{Projection: store.ProjectionRun, EntityID: "r2",
-		Topic: store.TopicRunSummaries, DocKey: "run:r2", OwnerSub: "user:1", Doc: json.RawMessage(`{}`),
-		Hash: strings.Repeat("c", 64), Version: "v1", SourceSeq: 4, ExpectSeq: -1}); err != nil {
-		t.Fatal(err)
-	}
-	ids := []string{"r3", "missing", "r2", "r1"}
-	got, err := s.LoadRunLogsAndCheckpoints(ctx, store.ProjectionRun, ids)
-	if err != nil || len(got) != len(ids) {
-		t.Fatalf("batch read: %d results, %v", len(got), err)
-	}
-	for i, id := range ids {
-		cp, cerr := s.GetCheckpoint(ctx, store.ProjectionRun, id)
-		has := cerr == nil
-		run, evs, err := s.LoadRunLog(ctx, id)
-		g := got[i]
-		if (err == nil) != (g.Err == nil) || (err != nil && !errors.Is(g.Err, store.ErrNotFound)) {
-			t.Fatalf("%s: batch error %v, single read %v", id, g.Err, err)
-		}
-		if err != nil {
-			continue
-		}
-		elided, evs := batchView(run, evs)
-		if has != (g.Checkpoint != nil) || (has && fmt.Sprint(*g.Checkpoint) != fmt.Sprint(cp)) ||
-			fmt.Sprint(g.Run) != fmt.Sprint(run) || fmt.Sprint(g.Events) != fmt.Sprint(evs) || g.Elided != elided {
-			t.Fatalf("%s: batch read differs:\n%v %v %v\nwant %v(%t) %v %v", id, g.Checkpoint, g.Run, g.Events, cp, has, run, evs)
-		}
-	}
-	if got[3].Elided != 3 || len(got[3].Events) != 1 || got[2].Checkpoint == nil || got[0].Checkpoint != nil {
-		t.Fatalf("r1 events %d+%d, r2 checkpoint %v, r3 checkpoint %v", got[3].Elided, len(got[3].Events), got[2].Checkpoint, got[0].Checkpoint)
-	}
-	if _, err := s.LoadRunLogsAndCheckpoints(ctx, store.ProjectionRun, []string{"r1", "r1"}); err == nil {
-		t.Fatal("a run asked twice was not refused")
-	}
-}
-
-// batchView is what the projector's batch read should give of a run whose
-// whole log LoadRunLog gives: nil payloads (a payload read back would make
-// the comparison fail) and, when the events above the retention floor are
-// all there and none lies at or below it, only the last one, the others
-// counted as elided.
-func batchView(run store.Run, evs []store.Event) (int64, []store.Event) {
-	out := slices.Clone(evs)
-	for i := range out {
-		out[i].Payload = nil
-	}
-	n := run.LatestSeq - run.RetentionFloorSeq
-	if n > 1 && int64(len(out)) == n && out[0].Seq == run.RetentionFloorSeq+1 {
-		return n - 1, out[n-1:]
-	}
-	return 0, out
-}
-
-// The batch read elides only a complete log: a pruned one relative to its
-// floor, one with a gap or with an event below its floor not at all.
-func TestBatchReadElidesOnlyCompleteLogs(t *testing.T) {
-	s := newTestStore(t)
-	ctx := context.Background()
-	for _, id := range []string{"whole", "pruned", "gap", "below", "one"} {
-		mustCreateRun(t, s, id)
-		n := 6
-		if id == "one" {
-			n = 1
-		}
-		for i := range n {
-			if _, _, err := s.AppendEvent(ctx, store.AppendInput{RunID: id, EventType: "run.delta", Payload: json.RawMessage(fmt.Sprintf(`{"i":%d}`, i))}); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	for _, id := range []string{"pruned", "below"} {
-		if err := s.PruneEvents(ctx, id, 2); err != nil {
+	storetest.BatchReadOfDamagedLogs(t, s, func(gapRun, belowRun string) {
+		ctx := context.Background()
+		if _, err := s.pool.Exec(ctx, `DELETE FROM run_events WHERE run_id = $1 AND seq = 3`, gapRun); err != nil {
 			t.Fatal(err)
 		}
-	}
-	// Damage no writer makes: a lost event, and an event left below the floor.
-	if _, err := s.pool.Exec(ctx, `DELETE FROM run_events WHERE run_id = 'gap' AND seq = 3`); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.pool.Exec(ctx, `INSERT INTO run_events (run_id, seq, event_type, payload, event_hash)
-		VALUES ('below', 1, 'run.delta', '{}', 'x')`); err != nil {
-		t.Fatal(err)
-	}
-	ids := []string{"whole", "pruned", "gap", "below", "one"}
-	got, err := s.LoadRunLogsAndCheckpoints(ctx, store.ProjectionRun, ids)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, want := range []struct{ elided, events int }{{5, 1}, {3, 1}, {0, 5}, {0, 5}, {0, 1}} {
-		if g := got[i]; g.Err != nil || g.Elided != int64(want.elided) || len(g.Events) != want.events ||
-			g.Events[len(g.Events)-1].Seq != g.Run.LatestSeq {
-			t.Fatalf("%s: elided %d, %d events (%v), want %d and %d ending at seq %d", ids[i], g.Elided, len(g.Events), g.Err, want.elided, want.events, g.Run.LatestSeq)
+		if _, err := s.pool.Exec(ctx, `INSERT INTO run_events (run_id, seq, event_type, payload, event_hash)
+			VALUES ($1, 1, 'run.delta', '{}', 'x')`, belowRun); err != nil {
+			t.Fatal(err)
 		}
-	}
+	})
 }

@@ -49,6 +49,82 @@ func (s *Store) LoadRunLog(ctx context.Context, runID string) (store.Run, []stor
 	return run, evs, nil
 }
 
+// LoadRunLogsAndCheckpoints reads the runs, logs and checkpoints of
+// projection of runIDs in one read transaction (a snapshot; see
+// projection.BatchLogLoader); results are in runIDs' order. When a run's
+// events above its retention floor are all there and none lies at or below
+// it, only the last is read and the others are counted (store.RunLog.Elided):
+// projecting a long run does not read its whole log each time.
+func (s *Store) LoadRunLogsAndCheckpoints(ctx context.Context, projection string, runIDs []string) ([]store.RunLog, error) {
+	tx, err := s.reader.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: load run logs: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	out := make([]store.RunLog, len(runIDs))
+	seen := make(map[string]bool, len(runIDs))
+	for i, id := range runIDs {
+		if seen[id] {
+			return nil, fmt.Errorf("sqlite: load run logs: run %s given twice", id)
+		}
+		seen[id] = true
+		if out[i], err = loadRunTail(ctx, tx, projection, id); err != nil {
+			return nil, fmt.Errorf("sqlite: load run log %s: %w", id, err)
+		}
+	}
+	return out, nil
+}
+
+// loadRunTail reads one run for LoadRunLogsAndCheckpoints; an unknown run
+// is a RunLog with ErrNotFound, a failed read an error.
+func loadRunTail(ctx context.Context, tx *sql.Tx, projection, id string) (store.RunLog, error) {
+	var lr store.RunLog
+	c, err := scanCheckpoint(tx.QueryRowContext(ctx, `SELECT `+checkpointColumns+`
+		FROM khala_projection_checkpoints WHERE projection = ? AND entity_id = ?`, projection, id))
+	switch {
+	case err == nil:
+		lr.Checkpoint = &c
+	case !errors.Is(err, sql.ErrNoRows):
+		return lr, err
+	}
+	lr.Run, err = scanRun(tx.QueryRowContext(ctx, `SELECT `+runColumns+` FROM runs WHERE run_id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.RunLog{Err: fmt.Errorf("sqlite: load run log %s: %w", id, store.ErrNotFound)}, nil
+	}
+	if err != nil {
+		return lr, err
+	}
+	floor, latest := lr.Run.RetentionFloorSeq, lr.Run.LatestSeq
+	if latest-floor > 1 {
+		var n, low int64
+		if err := tx.QueryRowContext(ctx, `SELECT count(*), coalesce(min(seq), 0) FROM run_events WHERE run_id = ? AND seq <= ?`,
+			id, latest).Scan(&n, &low); err != nil {
+			return lr, err
+		}
+		if n == latest-floor && low == floor+1 {
+			lr.Elided = n - 1
+		}
+	}
+	after := int64(0) // seq > 0: the whole log, below the floor included
+	if lr.Elided > 0 {
+		after = floor + lr.Elided
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT `+eventColumns+` FROM run_events
+		WHERE run_id = ? AND seq <= ? AND seq > ? ORDER BY seq`, id, latest, after)
+	if err != nil {
+		return lr, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		e, err := scanEvent(rows)
+		if err != nil {
+			return lr, err
+		}
+		lr.Events = append(lr.Events, e)
+	}
+	return lr, rows.Err()
+}
+
 // WriteProjection implements store.ProjectionStore.
 func (s *Store) WriteProjection(ctx context.Context, in store.ProjectionWriteInput) (int64, error) {
 	if err := in.Check(); err != nil {
