@@ -161,10 +161,16 @@ type RunLog struct {
 	// retention floor (seq RetentionFloorSeq+1 ... RetentionFloorSeq+Elided)
 	// are all present and were counted rather than read: Events holds the
 	// ones after them. A reader may elide only a log with no gap and no
-	// event at or below the floor.
+	// event at or below the floor, and the drivers' batch reads elide only
+	// logs of more than ElideLogsAbove events above the floor.
 	Elided int64
 	Err    error
 }
+
+// ElideLogsAbove is the shortest log (events above the retention floor)
+// that the projector's batch reads count rather than read (RunLog.Elided):
+// a few events without their payloads cost less to read than to count.
+const ElideLogsAbove = 16
 
 // ProjectionStore is the projection contract, implemented by both drivers'
 // *Store beside store.Store.

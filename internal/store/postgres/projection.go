@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -119,7 +120,7 @@ func (s *Store) loadRunLogs(ctx context.Context, projection string, runIDs []str
 		b.Queue(`SELECT e.*, x.elided FROM unnest($1::text[]) AS i(id)
 			CROSS JOIN LATERAL (SELECT latest_seq, retention_floor_seq FROM runs WHERE run_id = i.id OFFSET 0) r
 			CROSS JOIN LATERAL (SELECT CASE
-				WHEN r.latest_seq - r.retention_floor_seq > 1
+				WHEN r.latest_seq - r.retention_floor_seq > `+strconv.Itoa(store.ElideLogsAbove)+`
 				 AND NOT EXISTS (SELECT 1 FROM run_events WHERE run_id = i.id AND seq <= r.retention_floor_seq)
 				 AND (SELECT count(*) FROM run_events
 				      WHERE run_id = i.id AND seq > r.retention_floor_seq AND seq <= r.latest_seq) = r.latest_seq - r.retention_floor_seq

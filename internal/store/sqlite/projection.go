@@ -95,7 +95,7 @@ func loadRunTail(ctx context.Context, tx *sql.Tx, projection, id string) (store.
 		return lr, err
 	}
 	floor, latest := lr.Run.RetentionFloorSeq, lr.Run.LatestSeq
-	if latest-floor > 1 {
+	if latest-floor > store.ElideLogsAbove {
 		var n, low int64
 		if err := tx.QueryRowContext(ctx, `SELECT count(*), coalesce(min(seq), 0) FROM run_events WHERE run_id = ? AND seq <= ?`,
 			id, latest).Scan(&n, &low); err != nil {

@@ -325,13 +325,14 @@ func pjTestLoadRunLog(t *testing.T, s ProjectionDriver) {
 
 // BatchView is what the projector's batch read gives of a run whose whole
 // log LoadRunLog gives, payloads left out (a driver may leave them out of
-// the batch read; compare without them): when the events above the
-// retention floor are all there and none lies at or below it, only the last
-// one, the others counted as elided.
+// the batch read; compare without them): when more than
+// store.ElideLogsAbove events lie above the retention floor, all of them
+// there and none at or below it, only the last one, the others counted as
+// elided.
 func BatchView(run store.Run, evs []store.Event) (elided int64, tail []store.Event) {
 	out := WithoutPayloads(evs)
 	n := run.LatestSeq - run.RetentionFloorSeq
-	if n > 1 && int64(len(out)) == n && out[0].Seq == run.RetentionFloorSeq+1 {
+	if n > store.ElideLogsAbove && int64(len(out)) == n && out[0].Seq == run.RetentionFloorSeq+1 {
 		return n - 1, out[n-1:]
 	}
 	return 0, out
@@ -347,22 +348,37 @@ func WithoutPayloads(evs []store.Event) []store.Event {
 	return out
 }
 
+// pjEvents appends n events of type run.delta to a run made by pjRun.
+func pjEvents(t *testing.T, s ProjectionDriver, runID string, n int) {
+	t.Helper()
+	for range n {
+		if _, _, err := s.AppendEvent(context.Background(), store.AppendInput{RunID: runID, EventType: "run.delta", Payload: json.RawMessage(`{"text":"x"}`)}); err != nil {
+			t.Fatalf("append to %s: %v", runID, err)
+		}
+	}
+}
+
 // pjTestBatchLogRead: the batch read gives, run by run and in the order
 // asked, what GetCheckpoint and LoadRunLog give, as BatchView describes:
-// complete logs (pruned or not) elided to their last event.
+// long complete logs (pruned or not) elided to their last event, short
+// ones read whole.
 func pjTestBatchLogRead(t *testing.T, s ProjectionDriver) {
 	ctx := context.Background()
+	long := store.ElideLogsAbove + 4
 	pjRun(t, s, "none")
-	pjRun(t, s, "one", "run.started")
-	pjRun(t, s, "whole", "run.started", "run.delta", "run.delta", "run.delta", "run.finished")
-	pjRun(t, s, "pruned", "run.started", "run.delta", "run.delta", "run.delta", "run.delta", "run.delta")
+	pjRun(t, s, "short", "run.started")
+	pjEvents(t, s, "short", store.ElideLogsAbove-1)
+	pjRun(t, s, "whole", "run.started")
+	pjEvents(t, s, "whole", long-1)
+	pjRun(t, s, "pruned", "run.started")
+	pjEvents(t, s, "pruned", long+1)
 	if err := s.PruneEvents(ctx, "pruned", 2); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.WriteProjection(ctx, pjInput("whole", 5, -1, pjHashA)); err != nil {
+	if _, err := s.WriteProjection(ctx, pjInput("whole", int64(long), -1, pjHashA)); err != nil {
 		t.Fatal(err)
 	}
-	ids := []string{"pruned", "missing", "whole", "one", "none"}
+	ids := []string{"pruned", "missing", "whole", "short", "none"}
 	got, err := s.LoadRunLogsAndCheckpoints(ctx, store.ProjectionRun, ids)
 	if err != nil || len(got) != len(ids) {
 		t.Fatalf("batch read: %d results, %v", len(got), err)
@@ -384,24 +400,27 @@ func pjTestBatchLogRead(t *testing.T, s ProjectionDriver) {
 			t.Fatalf("%s: batch read %v %v %d+%v (%v)\nwant %v(%t) %v %d+%v", id, g.Checkpoint, g.Run, g.Elided, g.Events, g.Err, cp, has, run, elided, tail)
 		}
 	}
-	if got[0].Elided != 3 || got[2].Elided != 4 || got[2].Checkpoint == nil || len(got[3].Events) != 1 || len(got[4].Events) != 0 {
-		t.Fatalf("pruned elided %d, whole elided %d (checkpoint %v), one %d events, none %d events",
-			got[0].Elided, got[2].Elided, got[2].Checkpoint, len(got[3].Events), len(got[4].Events))
+	if got[0].Elided != int64(long-1) || got[2].Elided != int64(long-1) || got[2].Checkpoint == nil ||
+		got[3].Elided != 0 || len(got[3].Events) != store.ElideLogsAbove || len(got[4].Events) != 0 {
+		t.Fatalf("pruned elided %d, whole elided %d (checkpoint %v), short %d+%d events, none %d events",
+			got[0].Elided, got[2].Elided, got[2].Checkpoint, got[3].Elided, len(got[3].Events), len(got[4].Events))
 	}
-	if _, err := s.LoadRunLogsAndCheckpoints(ctx, store.ProjectionRun, []string{"one", "one"}); err == nil {
+	if _, err := s.LoadRunLogsAndCheckpoints(ctx, store.ProjectionRun, []string{"short", "short"}); err == nil {
 		t.Fatal("a run asked twice was not refused")
 	}
 }
 
 // BatchReadOfDamagedLogs checks that the batch read elides no log with a
-// gap or with an event at or below its retention floor: it builds two such
-// runs with damage, which deletes seq 3 of gapRun and puts back seq 1 of
-// belowRun (pruned through 2), as no writer would; the driver's test gives
-// the SQL.
+// gap or with an event at or below its retention floor: it builds two long
+// runs and calls damage, which must delete seq 3 of gapRun and put back seq
+// 1 of belowRun (pruned through 2), as no writer would; the driver's test
+// gives the SQL.
 func BatchReadOfDamagedLogs(t *testing.T, s ProjectionDriver, damage func(gapRun, belowRun string)) {
 	ctx := context.Background()
+	n := store.ElideLogsAbove + 4
 	for _, id := range []string{"gap", "below"} {
-		pjRun(t, s, id, "run.started", "run.delta", "run.delta", "run.delta", "run.delta", "run.delta")
+		pjRun(t, s, id, "run.started")
+		pjEvents(t, s, id, n-1)
 	}
 	if err := s.PruneEvents(ctx, "below", 2); err != nil {
 		t.Fatal(err)
@@ -411,8 +430,13 @@ func BatchReadOfDamagedLogs(t *testing.T, s ProjectionDriver, damage func(gapRun
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i, want := range [][]int64{{1, 2, 4, 5, 6}, {1, 3, 4, 5, 6}} {
-		var seqs []int64
+	for i, skip := range []int64{3, 2} {
+		var want, seqs []int64
+		for seq := int64(1); seq <= int64(n); seq++ {
+			if seq != skip {
+				want = append(want, seq)
+			}
+		}
 		for _, e := range got[i].Events {
 			seqs = append(seqs, e.Seq)
 		}
