@@ -182,7 +182,9 @@ func (e *Executor) wake() {
 func (e *Executor) loop(ctx context.Context) {
 	var notices <-chan struct{}
 	if e.d.Hub != nil {
-		ch, unsub := e.d.Hub.Subscribe("")
+		// A worker write never makes a run runnable: worker heartbeats
+		// would otherwise each cost a claim query.
+		ch, unsub := e.d.Hub.SubscribeFiltered("", func(n store.Notice) bool { return n.Kind != store.NoticeWorker })
 		defer unsub()
 		notices = ch
 	}

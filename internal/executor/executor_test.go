@@ -365,3 +365,60 @@ func TestResponseCutShortIsNotAnAnswer(t *testing.T) {
 		t.Fatalf("deltas %v", counts)
 	}
 }
+
+// claimCounter counts claim queries.
+type claimCounter struct {
+	store.Store
+	mu sync.Mutex
+	n  int
+}
+
+func (c *claimCounter) ClaimRunnable(ctx context.Context, owner string, ttl time.Duration, limit int) ([]store.LeaseGrant, error) {
+	c.mu.Lock()
+	c.n++
+	c.mu.Unlock()
+	return c.Store.ClaimRunnable(ctx, owner, ttl, limit)
+}
+
+func (c *claimCounter) claims() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n
+}
+
+// Worker notices (heartbeats) do not wake the claim loop; a frame notice
+// does.
+func TestWorkerNoticesDoNotClaim(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st := &claimCounter{Store: openStore(t)}
+	hub := notify.NewHub()
+	ex := executor.New(executor.Config{Owner: "n1", LeaseTTL: 10 * time.Second, PollInterval: time.Hour}, executor.Deps{Store: st, Hub: hub})
+	ex.Start(ctx)
+	waitFor(t, "the first claim", func() bool { return st.claims() >= 1 })
+	time.Sleep(50 * time.Millisecond) // let the loop settle into waiting
+	before := st.claims()
+	for i := range 50 {
+		hub.Publish(store.Notice{Kind: store.NoticeWorker, RunID: "worker-1", Seq: int64(i + 1)})
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if got := st.claims(); got != before {
+		t.Fatalf("%d claim queries after worker notices, want none", got-before)
+	}
+	hub.Publish(store.Notice{Kind: store.NoticeFrame, RunID: "run-1", Seq: 1})
+	waitFor(t, "a claim after a frame notice", func() bool { return st.claims() > before })
+}
+
+// waitFor polls cond for up to 10 s (a bound against hangs, not a timing
+// assertion).
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
