@@ -562,6 +562,7 @@ func (p *Projector) candidates(ctx context.Context, kind string, q store.Candida
 type task struct {
 	id              string
 	summary, events bool
+	log             *store.RunLog // a run read already (nil: read it when projecting)
 }
 
 // walk visits the candidates of one projection page by page and projects
@@ -774,8 +775,8 @@ func (ps *pass) projectBehind(ids []string) bool {
 	if bs, ok := ps.p.batchSink(ps.kind); ok && len(behind) > 0 {
 		return ps.accountAll(ps.p.projectRunBatch(ps.ctx, bs, behind, read))
 	}
-	for _, id := range behind {
-		if ok, _ := ps.run(task{id: id, summary: true}); !ok {
+	for i, id := range behind {
+		if ok, _ := ps.run(task{id: id, summary: true, log: &read[i]}); !ok {
 			return false
 		}
 	}
@@ -829,7 +830,7 @@ func (p *Projector) projectPaced(ctx context.Context, kind string, tk task) (ali
 		return false, nil
 	}
 	if kind == store.ProjectionRun {
-		_, err = p.ProjectRun(ctx, tk.id)
+		_, err = p.projectRun(ctx, tk.id, tk.log)
 	} else {
 		_, err = p.projectWorkerLanes(ctx, tk.id, tk.summary, tk.events)
 	}
@@ -854,7 +855,15 @@ func (p *Projector) retryLaterLocked(k entityKey) {
 // exponential backoff; every retry rebuilds the latest state, so no update
 // is lost.
 func (p *Projector) ProjectRun(ctx context.Context, runID string) (Outcome, error) {
-	out, err := p.project(ctx, runID, false)
+	return p.projectRun(ctx, runID, nil)
+}
+
+// projectRun is ProjectRun of a run read already (lr nil: read it now).
+func (p *Projector) projectRun(ctx context.Context, runID string, lr *store.RunLog) (Outcome, error) {
+	if lr == nil {
+		lr = &p.readRuns(ctx, []string{runID})[0]
+	}
+	out, err := p.projectLog(ctx, runID, false, *lr)
 	p.settleRun(runID, out, err)
 	return out, err
 }
@@ -880,7 +889,12 @@ func (p *Projector) settleRun(runID string, out Outcome, err error) {
 }
 
 func (p *Projector) project(ctx context.Context, runID string, force bool) (Outcome, error) {
-	pr := p.prepareRun(ctx, runID, force, p.readRuns(ctx, []string{runID})[0])
+	return p.projectLog(ctx, runID, force, p.readRuns(ctx, []string{runID})[0])
+}
+
+// projectLog is project of a run read already.
+func (p *Projector) projectLog(ctx context.Context, runID string, force bool, lr store.RunLog) (Outcome, error) {
+	pr := p.prepareRun(ctx, runID, force, lr)
 	if pr.err != nil || pr.in == nil {
 		pr.end(pr.err)
 		return pr.out, pr.err

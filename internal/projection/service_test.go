@@ -245,3 +245,58 @@ func TestNoticesProjectWithoutWalking(t *testing.T) {
 		eventually(t, "a walk after a notice naming no run", func() bool { return wc.pages.Load() > walked })
 	})
 }
+
+// logReads counts run log reads (it hides the store's batch read, so the
+// projector reads run by run).
+type logReads struct {
+	testStore
+	n atomic.Int64
+}
+
+func (l *logReads) LoadRunLog(ctx context.Context, runID string) (store.Run, []store.Event, error) {
+	l.n.Add(1)
+	return l.testStore.LoadRunLog(ctx, runID)
+}
+
+// oneByOneSink is a sink that does not batch (as the HTTP sink).
+type oneByOneSink struct{ s Sink }
+
+func (o oneByOneSink) Name() string { return o.s.Name() }
+func (o oneByOneSink) Write(ctx context.Context, in store.ProjectionWriteInput) (int64, error) {
+	return o.s.Write(ctx, in)
+}
+
+// With a sink that writes one by one, a notice-driven pass projects each
+// run from the read that found it behind: one read per run, not two.
+func TestNoticedRunsReadOnceWithOneByOneSink(t *testing.T) {
+	st, _ := openSQLite(t)
+	lr := &logReads{testStore: st}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for _, id := range []string{"o1", "o2", "o3"} {
+		mkRun(t, st, id, "run.started")
+	}
+	hub := notify.NewHub()
+	p := New(lr, oneByOneSink{BuiltinSink{Store: st}}, hub, nil, Config{Serving: true, PollInterval: time.Hour, FullScanEvery: time.Hour})
+	if err := p.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer p.Stop()
+	eventually(t, "the first walk", func() bool {
+		for _, id := range []string{"o1", "o2", "o3"} {
+			if cp, ok := checkpoint(t, st, id); !ok || cp.LastSeq != 1 {
+				return false
+			}
+		}
+		return true
+	})
+	before := lr.n.Load()
+	for _, id := range []string{"o1", "o2", "o3"} {
+		appendEv(t, st, id, "run.delta")
+		hub.Publish(store.Notice{Kind: store.NoticeEvent, RunID: id, Seq: 2})
+		eventually(t, id+" projected", func() bool { cp, ok := checkpoint(t, st, id); return ok && cp.LastSeq == 2 })
+	}
+	if got := lr.n.Load() - before; got != 3 {
+		t.Fatalf("%d run reads for 3 noticed runs, want 3", got)
+	}
+}
