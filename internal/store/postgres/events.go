@@ -17,11 +17,13 @@ import (
 const eventCols = `run_id, seq, event_type, payload, prev_hash, event_hash,
 	COALESCE(idempotency_key, ''), traceparent, tracestate, request_id, created_at`
 
-func scanEvent(row pgx.Row) (store.Event, error) {
+// scanEvent scans eventCols, then into more the columns a query selects
+// after them.
+func scanEvent(row pgx.Row, more ...any) (store.Event, error) {
 	var e store.Event
 	var payload []byte
-	err := row.Scan(&e.RunID, &e.Seq, &e.EventType, &payload, &e.PrevHash, &e.EventHash,
-		&e.IdempotencyKey, &e.Trace.TraceParent, &e.Trace.TraceState, &e.Trace.RequestID, &e.CreatedAt)
+	err := row.Scan(append([]any{&e.RunID, &e.Seq, &e.EventType, &payload, &e.PrevHash, &e.EventHash,
+		&e.IdempotencyKey, &e.Trace.TraceParent, &e.Trace.TraceState, &e.Trace.RequestID, &e.CreatedAt}, more...)...)
 	if err != nil {
 		return store.Event{}, err
 	}

@@ -130,16 +130,11 @@ func (s *Store) loadRunLogs(ctx context.Context, projection string, runIDs []str
 				WHERE run_id = i.id AND seq <= r.latest_seq AND (x.elided = 0 OR seq > r.retention_floor_seq + x.elided)
 				ORDER BY seq OFFSET 0) e`, ids).Query(func(rows pgx.Rows) error {
 			for rows.Next() {
-				var (
-					e       store.Event
-					payload []byte
-					elided  int64
-				)
-				if err := rows.Scan(&e.RunID, &e.Seq, &e.EventType, &payload, &e.PrevHash, &e.EventHash, &e.IdempotencyKey,
-					&e.Trace.TraceParent, &e.Trace.TraceState, &e.Trace.RequestID, &e.CreatedAt, &elided); err != nil {
+				var elided int64
+				e, err := scanEvent(rows, &elided)
+				if err != nil {
 					return err
 				}
-				e.CreatedAt = e.CreatedAt.UTC()
 				i := at[e.RunID]
 				out[i].Events, out[i].Elided = append(out[i].Events, e), elided
 			}

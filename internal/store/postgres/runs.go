@@ -388,8 +388,8 @@ func (s *Store) applyCreates(ctx context.Context, items []createItem) []createOu
 	fcols := make([][]string, 8)
 	for _, i := range order {
 		if f := items[i].input; f != nil {
-			for c, v := range f.args() {
-				fcols[c] = append(fcols[c], v.(string))
+			for c, v := range f.values() {
+				fcols[c] = append(fcols[c], v)
 			}
 		}
 	}
@@ -484,9 +484,19 @@ const frameWriteCols = `run_id, frame_id, frame_type, payload, payload_hash, tra
 const insertFrameSQL = `INSERT INTO frames (` + frameWriteCols + `) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 	ON CONFLICT (run_id, frame_id) DO NOTHING RETURNING ` + frameCols
 
-// args are the values of frameWriteCols.
+// values are the values of frameWriteCols.
+func (f frameItem) values() []string {
+	return []string{f.runID, f.frameID, f.typ, string(f.payload), f.hash, f.trace.TraceParent, f.trace.TraceState, f.trace.RequestID}
+}
+
+// args are values as query arguments.
 func (f frameItem) args() []any {
-	return []any{f.runID, f.frameID, f.typ, string(f.payload), f.hash, f.trace.TraceParent, f.trace.TraceState, f.trace.RequestID}
+	vs := f.values()
+	out := make([]any, len(vs))
+	for i, v := range vs {
+		out[i] = v
+	}
+	return out
 }
 
 // frameOutcome: inserted=false without an error means nothing was written
@@ -508,9 +518,7 @@ func (s *Store) applyFrames(ctx context.Context, items []frameItem) []frameOutco
 	slices.SortStableFunc(order, func(x, y int) int { return strings.Compare(items[x].runID, items[y].runID) })
 	cols := make([][]string, 8)
 	for _, i := range order {
-		it := items[i]
-		for c, v := range []string{it.runID, it.frameID, it.typ, string(it.payload), it.hash,
-			it.trace.TraceParent, it.trace.TraceState, it.trace.RequestID} {
+		for c, v := range items[i].values() {
 			cols[c] = append(cols[c], v)
 		}
 	}
