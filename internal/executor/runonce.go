@@ -360,13 +360,10 @@ func (r *runner) input(ctx context.Context, p pending) (store.AppendInput, error
 	if err != nil {
 		return store.AppendInput{}, fmt.Errorf("encode %s payload: %w", p.eventType, err)
 	}
-	clean, err := runs.SanitizeJSON(raw)
+	// SanitizeJSON's output is canonical JSON already.
+	canon, err := runs.SanitizeJSON(raw)
 	if err != nil {
 		return store.AppendInput{}, fmt.Errorf("sanitize %s payload: %w", p.eventType, err)
-	}
-	canon, err := runs.CanonicalizeRaw(clean)
-	if err != nil {
-		return store.AppendInput{}, err
 	}
 	tc := p.trace
 	if tc.TraceParent == "" {
