@@ -286,3 +286,47 @@ func TestCreateAndFrameGroupConcurrent(t *testing.T) {
 		t.Fatalf("stored %d runs, %d frames, %d leases (%v)", nRuns, nFrames, nLeases, err)
 	}
 }
+
+// BenchmarkAppendGroup reports the cost of one oa_append_group call that
+// finishes runsPerCall leased runs (run.started, the answer, run.finished:
+// a no-op run's appends), the shape of a busy server's calls.
+func BenchmarkAppendGroup(b *testing.B) {
+	const runsPerCall = 16
+	s := newBenchStore(b)
+	ctx := context.Background()
+	p := json.RawMessage(`{}`)
+	n := 0
+	b.ResetTimer()
+	for b.Loop() {
+		b.StopTimer()
+		batch := make([]groupEntry, runsPerCall)
+		for i := range batch {
+			n++
+			id := fmt.Sprintf("run-%08d", n)
+			if _, _, err := s.CreateRun(ctx, store.CreateRunInput{RunID: id, ThreadID: "t", OwnerSub: "user:b"}); err != nil {
+				b.Fatal(err)
+			}
+			g, err := s.AcquireLease(ctx, id, "node-a", time.Minute)
+			if err != nil {
+				b.Fatal(err)
+			}
+			f := g.Lease.Fence()
+			calls, ok := s.prepareFastMany([]store.AppendInput{
+				{RunID: id, EventType: "run.started", Payload: p, IdempotencyKey: "run.started", Fence: f},
+				{RunID: id, EventType: "run.delta", Payload: json.RawMessage(`{"delta":"hi","final":true}`), IdempotencyKey: "f:1:a", Fence: f},
+				{RunID: id, EventType: "run.finished", Payload: json.RawMessage(`{"status":"succeeded"}`), IdempotencyKey: "run.finished", Fence: f},
+			})
+			if !ok {
+				b.Fatal("fast path does not apply")
+			}
+			batch[i] = groupEntry{runID: id, calls: calls}
+		}
+		b.StartTimer()
+		for i, o := range s.applyAppends(ctx, batch) {
+			if o.err != nil || !o.applied {
+				b.Fatalf("entry %d: applied=%t err=%v", i, o.applied, o.err)
+			}
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*runsPerCall), "µs/run")
+}

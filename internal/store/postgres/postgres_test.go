@@ -963,27 +963,8 @@ func TestUnstorableText(t *testing.T) {
 // BenchmarkAppendEvent reports append throughput: one run per goroutine, so
 // it measures the transaction path rather than row-lock contention.
 func BenchmarkAppendEvent(b *testing.B) {
-	dbURL := os.Getenv("OA_TEST_DATABASE_URL")
-	if dbURL == "" {
-		b.Skip("SKIPPING: set OA_TEST_DATABASE_URL to benchmark the PostgreSQL driver")
-	}
-	schema := fmt.Sprintf("oabench_%06x", rand.N(1<<24))
+	s := newBenchStore(b)
 	ctx := context.Background()
-	s, err := Open(ctx, dbURL, WithSchema(schema), WithMigrate())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() {
-		_ = s.Close()
-		conn, err := pgx.Connect(ctx, mustStripB(b, dbURL))
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, "DROP SCHEMA "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
-			b.Fatal(err)
-		}
-	}()
 	var runN atomic.Int64
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
@@ -999,6 +980,33 @@ func BenchmarkAppendEvent(b *testing.B) {
 			}
 		}
 	})
+}
+
+// newBenchStore opens a store on a schema of its own, dropped at the end.
+func newBenchStore(b *testing.B) *Store {
+	b.Helper()
+	dbURL := os.Getenv("OA_TEST_DATABASE_URL")
+	if dbURL == "" {
+		b.Skip("SKIPPING: set OA_TEST_DATABASE_URL to benchmark the PostgreSQL driver")
+	}
+	schema := fmt.Sprintf("oabench_%06x", rand.N(1<<24))
+	ctx := context.Background()
+	s, err := Open(ctx, dbURL, WithSchema(schema), WithMigrate())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		_ = s.Close()
+		conn, err := pgx.Connect(ctx, mustStripB(b, dbURL))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, "DROP SCHEMA "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
+			b.Fatal(err)
+		}
+	})
+	return s
 }
 
 func mustStripB(b *testing.B, dbURL string) string {
