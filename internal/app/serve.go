@@ -212,7 +212,8 @@ func NewServer(ctx context.Context, cfg *config.Config, logOut io.Writer) (*Serv
 			rc, err := receipts.NewBuilder(st, m).Build(ctx, run)
 			return rc.ReceiptID, rc.ReceiptHash, err
 		},
-		Routes: routes,
+		Routes:   routes,
+		Executor: execSlots{ex},
 		Ready: []httpapi.Check{
 			{Name: "database", Fn: st.Ping},
 			{Name: "notification_listener", Fn: func(context.Context) error {
@@ -230,6 +231,16 @@ func NewServer(ctx context.Context, cfg *config.Config, logOut io.Writer) (*Serv
 		},
 	})
 	return s, nil
+}
+
+// execSlots gives the API the executor's slots (httpapi.Executor).
+type execSlots struct{ e *executor.Executor }
+
+func (x execSlots) Reserve(runID string) (httpapi.Slot, bool) {
+	if s, ok := x.e.Reserve(runID); ok {
+		return s, true
+	}
+	return nil, false
 }
 
 // Serve runs the node on ln until ctx ends, then shuts down cleanly: streams

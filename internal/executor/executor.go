@@ -2,6 +2,12 @@
 // lease, walks their frames through the agent loop (run_once), renews and
 // releases leases, and runs the janitor that reclaims the leases of executors
 // that died.
+//
+// A run created with input on this node skips the claim when a slot is free:
+// the API reserves the slot (Reserve), the store creates the run already
+// leased to this executor (store.CreateLeasedRun), and the slot starts it
+// from the grant. Its lease is an ordinary lease from then on: renewed,
+// fenced, released, reclaimed by a janitor when this node dies.
 package executor
 
 import (
@@ -89,9 +95,17 @@ type Executor struct {
 	d   Deps
 
 	mu      sync.Mutex
-	running map[string]context.CancelFunc
+	running map[string]context.CancelFunc // nil value: a reserved slot (see Reserve)
 	wg      sync.WaitGroup
 	kick    chan struct{}
+	// runCtx is Start's context (nil before Start); closed is set, under
+	// mu, once the claim loop ended: no slot is reserved after that, so
+	// every wg.Add happens before the final wg.Wait.
+	runCtx context.Context
+	closed bool
+	// missed: a claim found every slot taken or filled them all, so there
+	// may be runnable runs left; the next run to end wakes the loop.
+	missed bool
 
 	// abandon is a fault knob (parts per million): a claimed run is dropped
 	// without release, as if this node crashed holding it.
@@ -134,9 +148,15 @@ func New(cfg Config, d Deps) *Executor {
 // another node reclaims them. Stop is the clean shutdown.
 func (e *Executor) Start(ctx context.Context) {
 	ctx, e.cancel = context.WithCancel(ctx)
+	e.mu.Lock()
+	e.runCtx = ctx
+	e.mu.Unlock()
 	go func() {
 		defer close(e.done)
 		e.loop(ctx)
+		e.mu.Lock()
+		e.closed = true
+		e.mu.Unlock()
 		e.wg.Wait()
 	}()
 }
@@ -183,8 +203,9 @@ func (e *Executor) loop(ctx context.Context) {
 	var notices <-chan struct{}
 	if e.d.Hub != nil {
 		// A worker write never makes a run runnable: worker heartbeats
-		// would otherwise each cost a claim query.
-		ch, unsub := e.d.Hub.SubscribeFiltered("", func(n store.Notice) bool { return n.Kind != store.NoticeWorker })
+		// would otherwise each cost a claim query. Nor does the input of a
+		// run created leased: its executor has it already.
+		ch, unsub := e.d.Hub.SubscribeFiltered("", func(n store.Notice) bool { return n.Kind != store.NoticeWorker && !n.Leased })
 		defer unsub()
 		notices = ch
 	}
@@ -225,6 +246,9 @@ func pause(ctx context.Context, d time.Duration) {
 func (e *Executor) claim(ctx context.Context) (full bool) {
 	e.mu.Lock()
 	free := e.cfg.Concurrency - len(e.running)
+	if free <= 0 {
+		e.missed = true // look again when a slot frees
+	}
 	e.mu.Unlock()
 	if free <= 0 {
 		return false
@@ -241,7 +265,79 @@ func (e *Executor) claim(ctx context.Context) (full bool) {
 		e.d.Metrics.LeaseOp("acquire", g.Result)
 		e.spawn(ctx, g)
 	}
-	return len(grants) == free
+	if len(grants) == free {
+		e.mu.Lock()
+		e.missed = true // there may be more than fitted
+		e.mu.Unlock()
+		return true
+	}
+	return false
+}
+
+// Slot is one of the executor's slots, reserved for a run about to be
+// created leased to this executor (store.CreateLeasedRun): the run starts
+// without a claim. It must be used (Start) or given back (Cancel), once.
+type Slot struct {
+	e     *Executor
+	runID string
+	done  bool
+}
+
+// Reserve takes a slot for runID; ok=false when none is free, the run is
+// already executing here, or the executor is not running.
+func (e *Executor) Reserve(runID string) (*Slot, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.runCtx == nil || e.closed || e.runCtx.Err() != nil || e.cfg.Concurrency-len(e.running) <= 0 {
+		return nil, false
+	}
+	if _, busy := e.running[runID]; busy {
+		return nil, false
+	}
+	e.running[runID] = nil
+	e.wg.Add(1) // Stop waits for the slot's run, or for its Cancel
+	return &Slot{e: e, runID: runID}, true
+}
+
+// Owner and TTL are what CreateLeasedRun needs.
+func (s *Slot) Owner() string      { return s.e.cfg.Owner }
+func (s *Slot) TTL() time.Duration { return s.e.cfg.LeaseTTL }
+
+// Start executes the run under g's lease (g from CreateLeasedRun for the
+// slot's run). A grant without a lease (the run was not created leased)
+// gives the slot back: the run is claimed as any other.
+func (s *Slot) Start(g store.LeaseGrant) {
+	if s.done {
+		return
+	}
+	if g.Lease.Owner == "" || g.Lease.RunID != s.runID {
+		s.Cancel()
+		s.e.wake()
+		return
+	}
+	s.done = true
+	e := s.e
+	e.d.Metrics.LeaseOp("acquire", g.Result)
+	e.mu.Lock()
+	ctx := e.runCtx
+	e.mu.Unlock()
+	e.spawn(ctx, g)
+	e.wg.Done() // the run's goroutine holds its own count now
+}
+
+// Cancel gives the slot back unused.
+func (s *Slot) Cancel() {
+	if s.done {
+		return
+	}
+	s.done = true
+	e := s.e
+	e.mu.Lock()
+	if c, ok := e.running[s.runID]; ok && c == nil {
+		delete(e.running, s.runID)
+	}
+	e.mu.Unlock()
+	e.wg.Done()
 }
 
 func (e *Executor) spawn(ctx context.Context, g store.LeaseGrant) {
@@ -253,14 +349,23 @@ func (e *Executor) spawn(ctx context.Context, g store.LeaseGrant) {
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
+		settled := false
 		defer func() {
 			e.mu.Lock()
 			delete(e.running, l.RunID)
+			missed := e.missed
+			e.missed = false
 			e.mu.Unlock()
 			cancel()
-			e.wake() // work may have arrived while we held the lease
+			// Work may have arrived while we held the lease (a run left
+			// open can have new input), or while every slot was taken.
+			// A finished run on an executor that turned nothing away
+			// leaves nothing to look for.
+			if !settled || missed {
+				e.wake()
+			}
 		}()
-		e.execute(runCtx, g)
+		settled = e.execute(runCtx, g)
 	}()
 }
 
@@ -272,8 +377,9 @@ func (e *Executor) SetAbandonRate(rate float64) {
 	e.abandon.Store(int64(min(max(rate, 0), 1) * 1e6))
 }
 
-// execute runs one leased run, keeping the lease alive while it works.
-func (e *Executor) execute(ctx context.Context, g store.LeaseGrant) {
+// execute runs one leased run, keeping the lease alive while it works;
+// settled: the run ended terminal.
+func (e *Executor) execute(ctx context.Context, g store.LeaseGrant) (settled bool) {
 	l := g.Lease
 	if p := e.abandon.Load(); p > 0 && rand.Int64N(1e6) < p {
 		e.d.Logger.Warn("fault injection: abandoning claimed run", "run_id", l.RunID, "lease_owner", l.Owner)
@@ -302,16 +408,17 @@ func (e *Executor) execute(ctx context.Context, g store.LeaseGrant) {
 		// The event that finished the run released its lease (store
 		// contract): nothing left to give up.
 		e.d.Metrics.LeaseOp("release", "ok")
-		return
+		return true
 	}
 	rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer rcancel()
 	if err := e.d.Store.ReleaseLease(rctx, l); err != nil {
 		e.d.Metrics.LeaseOp("release", "error")
 		e.d.Logger.Warn("release lease failed", "run_id", l.RunID, "error", err)
-		return
+		return false
 	}
 	e.d.Metrics.LeaseOp("release", "ok")
+	return false
 }
 
 func (e *Executor) keepLease(ctx context.Context, l store.Lease, cancel context.CancelFunc, lost chan<- struct{}) {

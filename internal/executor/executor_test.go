@@ -422,3 +422,77 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(2 * time.Millisecond)
 	}
 }
+
+// A run created leased to this executor (the API's path for a run created
+// with input) starts from its grant: no claim query, its input notice does
+// not wake the claim loop, and it finishes like a claimed run. Slots count
+// against the concurrency; a slot given back is free again.
+func TestCreatedLeasedRunsStartWithoutClaim(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st := &claimCounter{Store: openStore(t)}
+	hub := notify.NewHub()
+	go func() { _ = hub.Run(ctx, st) }()
+	ex := executor.New(executor.Config{Owner: "n1", LeaseTTL: 10 * time.Second, PollInterval: time.Hour, Concurrency: 2},
+		executor.Deps{Store: st, Hub: hub})
+	if _, ok := ex.Reserve("run-early"); ok {
+		t.Fatal("Reserve before Start gave a slot")
+	}
+	ex.Start(ctx)
+	waitFor(t, "the first claim", func() bool { return st.claims() >= 1 })
+	time.Sleep(50 * time.Millisecond) // let the loop settle into waiting
+	before := st.claims()
+
+	slots := map[string]*executor.Slot{}
+	for _, id := range []string{"run-a", "run-b"} {
+		s, ok := ex.Reserve(id)
+		if !ok {
+			t.Fatalf("Reserve(%s): no slot", id)
+		}
+		slots[id] = s
+	}
+	if _, ok := ex.Reserve("run-c"); ok {
+		t.Fatal("Reserve beyond the concurrency gave a slot")
+	}
+	for id, s := range slots {
+		g, created, err := st.CreateLeasedRun(ctx, store.CreateRunInput{RunID: id, ThreadID: "thread_" + id, OwnerSub: "user:1",
+			Input: &store.InsertFrameInput{FrameID: "f1", Type: "user_message", Payload: json.RawMessage(`{"text":"hi"}`)}},
+			s.Owner(), s.TTL())
+		if err != nil || !created || g.Lease.Owner != "n1" {
+			t.Fatalf("CreateLeasedRun(%s) = %+v, %v, %v", id, g, created, err)
+		}
+		s.Start(g)
+	}
+	for id := range slots {
+		waitStatus(t, st, id, store.StatusSucceeded, 10*time.Second)
+		checkLog(t, id, allEvents(t, st, id))
+	}
+	time.Sleep(50 * time.Millisecond) // a claim woken by the input notices would have run by now
+	if got := st.claims(); got != before {
+		t.Fatalf("%d claim queries for runs created leased, want none", got-before)
+	}
+	waitFor(t, "the slots to free", func() bool { return ex.Running() == 0 })
+
+	// A slot given back unused frees its place; a grant without a lease
+	// (not created leased) gives the slot back and the run is claimed.
+	s, ok := ex.Reserve("run-c")
+	if !ok {
+		t.Fatal("Reserve after the runs finished: no slot")
+	}
+	s.Cancel()
+	if n := ex.Running(); n != 0 {
+		t.Fatalf("Running() = %d after Cancel, want 0", n)
+	}
+	s, ok = ex.Reserve("run-d")
+	if !ok {
+		t.Fatal("Reserve(run-d): no slot")
+	}
+	createRun(t, st, "run-d", "")
+	sendFrame(t, st, "run-d", "f1", "user_message", map[string]any{"text": "hi"})
+	r, _ := st.GetRun(ctx, "run-d")
+	s.Start(store.LeaseGrant{Run: &r})
+	waitStatus(t, st, "run-d", store.StatusSucceeded, 10*time.Second)
+	if st.claims() == before {
+		t.Fatal("a run created without its lease was not claimed")
+	}
+}

@@ -73,6 +73,24 @@ type Deps struct {
 	// Receipt, when set, gives the run's current receipt id and hash, so
 	// that GET .../verify also checks a saved receipt (?receipt_hash=).
 	Receipt func(ctx context.Context, run store.Run) (id, hash string, err error)
+	// Executor, when set, is this node's run executor: a run created with
+	// input while it has a free slot is created leased to it and started
+	// at once, without a claim (store.CreateLeasedRun).
+	Executor Executor
+}
+
+// Executor reserves execution slots (see executor.Executor.Reserve).
+type Executor interface {
+	Reserve(runID string) (Slot, bool)
+}
+
+// Slot is a reserved execution slot: Start it with the grant of the run
+// created leased to it, or Cancel it (see executor.Slot).
+type Slot interface {
+	Owner() string
+	TTL() time.Duration
+	Start(store.LeaseGrant)
+	Cancel()
 }
 
 type api struct {
@@ -90,6 +108,7 @@ type api struct {
 	now          func() time.Time
 	fault        func(r *http.Request) error
 	receipt      func(ctx context.Context, run store.Run) (id, hash string, err error)
+	executor     Executor
 	idents       runIdents
 
 	mux      *http.ServeMux
@@ -103,6 +122,7 @@ func New(d Deps) http.Handler {
 		store: d.Store, metrics: d.Metrics, log: d.Logger, verifier: d.Verifier, stream: d.Stream,
 		ready: d.Ready, readyTimeout: d.ReadyTimeout, tracer: d.Tracer, propagator: d.Propagator,
 		maxBody: d.MaxBodyBytes, version: d.Version, now: d.Now, fault: d.Fault, receipt: d.Receipt,
+		executor: d.Executor,
 		mux: http.NewServeMux(), patterns: make(map[string]struct{}),
 	}
 	if a.log == nil {

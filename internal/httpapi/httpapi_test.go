@@ -802,3 +802,79 @@ func TestWriteAccessFromRememberedIdentity(t *testing.T) {
 	rw := e.do("POST", "/internal/v1/runs/missing/frames", map[string]any{"frame_id": "f", "type": "user_message", "payload": map[string]any{}})
 	wantStatus(t, rw, http.StatusNotFound)
 }
+
+// fakeExecutor hands out slots (up to free) and records what became of them.
+type fakeExecutor struct {
+	mu       sync.Mutex
+	free     int
+	started  []store.LeaseGrant
+	canceled []string
+}
+
+type fakeSlot struct {
+	x     *fakeExecutor
+	runID string
+}
+
+func (x *fakeExecutor) Reserve(runID string) (Slot, bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.free == 0 {
+		return nil, false
+	}
+	x.free--
+	return &fakeSlot{x: x, runID: runID}, true
+}
+
+func (s *fakeSlot) Owner() string      { return "node-test" }
+func (s *fakeSlot) TTL() time.Duration { return time.Minute }
+func (s *fakeSlot) Start(g store.LeaseGrant) {
+	s.x.mu.Lock()
+	defer s.x.mu.Unlock()
+	s.x.started = append(s.x.started, g)
+}
+func (s *fakeSlot) Cancel() {
+	s.x.mu.Lock()
+	defer s.x.mu.Unlock()
+	s.x.canceled = append(s.x.canceled, s.runID)
+	s.x.free++
+}
+
+// A run created with input goes to the node's executor leased at creation
+// when a slot is free; a replay gives its slot back; a run without input,
+// or with no slot free, is created unleased (claimed later).
+func TestCreateRunWithInputLeasedToExecutor(t *testing.T) {
+	x := &fakeExecutor{free: 1}
+	e := newEnv(t, func(d *Deps) { d.Executor = x })
+	input := map[string]any{"frame_id": "f1", "type": "user_message", "payload": map[string]any{"text": "hi"}}
+	body := map[string]any{"run_id": "run-x", "thread_id": "thread-1", "input": input}
+	wantStatus(t, e.do("POST", "/internal/v1/runs", body), http.StatusCreated)
+	if len(x.started) != 1 {
+		t.Fatalf("started %d slots, want 1", len(x.started))
+	}
+	g := x.started[0]
+	if g.Lease.RunID != "run-x" || g.Lease.Owner != "node-test" || g.Lease.Generation != 1 || g.Run == nil || g.Next == nil || g.Next.FrameID != "f1" {
+		t.Fatalf("grant %+v", g)
+	}
+	if _, err := e.st.AcquireLease(t.Context(), "run-x", "node-other", time.Minute); !errors.Is(err, store.ErrLeaseHeld) {
+		t.Fatalf("the created run is not leased to the executor: %v", err)
+	}
+	// A replay: 200, the slot reserved for it goes back.
+	x.free = 1
+	wantStatus(t, e.do("POST", "/internal/v1/runs", body), http.StatusOK)
+	if len(x.started) != 1 || len(x.canceled) != 1 || x.canceled[0] != "run-x" {
+		t.Fatalf("replay: started %d, canceled %v", len(x.started), x.canceled)
+	}
+	// No input: no slot asked for.
+	wantStatus(t, e.do("POST", "/internal/v1/runs", map[string]any{"run_id": "run-bare", "thread_id": "thread-1"}), http.StatusCreated)
+	// No slot free: created unleased, claimable.
+	x.free = 0
+	wantStatus(t, e.do("POST", "/internal/v1/runs", map[string]any{"run_id": "run-busy", "thread_id": "thread-1", "input": input}), http.StatusCreated)
+	if len(x.started) != 1 || len(x.canceled) != 1 {
+		t.Fatalf("started %d, canceled %v after creates without a slot", len(x.started), x.canceled)
+	}
+	grants, err := e.st.ClaimRunnable(t.Context(), "node-other", time.Minute, 10)
+	if err != nil || len(grants) != 1 || grants[0].Lease.RunID != "run-busy" {
+		t.Fatalf("claim = %+v, %v; want run-busy only", grants, err)
+	}
+}

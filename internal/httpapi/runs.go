@@ -110,7 +110,7 @@ func (a *api) createRun(w http.ResponseWriter, r *http.Request) *APIError {
 	if q.Input != nil {
 		in.Input = &store.InsertFrameInput{FrameID: q.Input.FrameID, Type: q.Input.Type, Payload: q.Input.Payload, Trace: traceOf(r.Context())}
 	}
-	run, created, err := a.store.CreateRun(r.Context(), in)
+	run, created, err := a.create(r.Context(), in)
 	if err == nil && !created && run.OwnerSub != c.Sub {
 		err = store.ErrConflict
 	}
@@ -129,6 +129,28 @@ func (a *api) createRun(w http.ResponseWriter, r *http.Request) *APIError {
 	}
 	WriteJSON(w, status, runResponse{Run: run})
 	return nil
+}
+
+// create stores a new run; one with input goes to this node's executor
+// at once, leased at creation, when it has a free slot.
+func (a *api) create(ctx context.Context, in store.CreateRunInput) (store.Run, bool, error) {
+	if in.Input == nil || a.executor == nil {
+		return a.store.CreateRun(ctx, in)
+	}
+	slot, ok := a.executor.Reserve(in.RunID)
+	if !ok {
+		return a.store.CreateRun(ctx, in)
+	}
+	g, created, err := a.store.CreateLeasedRun(ctx, in, slot.Owner(), slot.TTL())
+	if err != nil || !created {
+		slot.Cancel()
+	} else {
+		slot.Start(g) // a grant without a lease gives the slot back
+	}
+	if err != nil {
+		return store.Run{}, false, err
+	}
+	return *g.Run, created, nil
 }
 
 func (a *api) getRun(w http.ResponseWriter, r *http.Request) *APIError {

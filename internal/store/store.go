@@ -233,6 +233,10 @@ type Notice struct {
 	Kind  string `json:"kind"` // NoticeEvent or NoticeFrame
 	RunID string `json:"run_id"`
 	Seq   int64  `json:"seq,omitempty"`
+	// Leased: the write was made under a live lease (a fenced append, or
+	// the input of a run created leased: CreateLeasedRun), so it cannot
+	// have made the run claimable and claimers need not look.
+	Leased bool `json:"leased,omitempty"`
 }
 
 const (
@@ -250,6 +254,16 @@ type Store interface {
 	Dialect() string
 
 	CreateRun(ctx context.Context, in CreateRunInput) (Run, bool, error)
+	// CreateLeasedRun is CreateRun for a run whose input the caller's
+	// executor will process at once: a new run with Input may be created
+	// already leased to owner (generation 1, expiring after ttl) in the same
+	// transaction, so that no claim is needed. When it was, grant.Lease is
+	// set (Result LeaseAcquired) and grant.Next is the input frame; when it
+	// was not (a replay, no Input, or a driver path that does not lease) the
+	// lease is zero and the run is claimed as any other. grant.Run is the
+	// run either way. The notice of a leased run's input says so
+	// (Notice.Leased), so that claimers need not look for it.
+	CreateLeasedRun(ctx context.Context, in CreateRunInput, owner string, ttl time.Duration) (grant LeaseGrant, created bool, err error)
 	GetRun(ctx context.Context, runID string) (Run, error)
 
 	InsertFrame(ctx context.Context, in InsertFrameInput) (Frame, bool, error)

@@ -16,8 +16,18 @@ import (
 // per-statement and per-commit work rather than on rows. A batcher lets a
 // few flushers each take whatever writes of one kind are waiting and apply
 // them in one call: one round trip and one commit for all. A write that
-// finds an idle flusher goes at once, so a quiet system waits for no batch
-// to fill.
+// finds no call in flight goes at once, so a quiet system waits for no
+// batch to fill.
+//
+// One flusher gathers at a time, and while a call is in flight it holds a
+// small batch back, gathering, until the call ends, the batch reaches
+// lingerItems, or lingerMax passes: under load, runs start and finish a few
+// at a time, and flushers that each took whatever was waiting made two to
+// four times the calls (and commits) that the work needed. The batch then
+// grows with the load (what arrives during one call), as with a lone
+// flusher, but a big batch, or a call stuck on a row lock for longer than
+// lingerMax, does not hold up the others. An item waits at most lingerMax
+// longer than it did.
 //
 // The apply functions never let one item's refusal fail the others: each
 // checks before it writes, and an item it cannot decide comes back "not
@@ -31,6 +41,10 @@ const (
 	// contexts: once taken, a write's outcome must be learned, not
 	// abandoned (it may commit).
 	batchTimeout = 30 * time.Second
+	// lingerItems: a batch this big goes even while another call is in
+	// flight; lingerMax bounds the wait for one.
+	lingerItems = 32
+	lingerMax   = 2 * time.Millisecond
 )
 
 // errStoreClosed answers writes still waiting when the store closes.
@@ -55,11 +69,20 @@ type batcher[T, R any] struct {
 	flushers int
 	closed   chan struct{}
 	apply    func(ctx context.Context, items []T) []R
+	// inflight counts calls being applied; ended gets a token when one
+	// ends (a lingering flusher takes it and goes).
+	inflight  atomic.Int32
+	ended     chan struct{}
+	gather    chan struct{} // the token of the one flusher gathering items
+	lingerMax time.Duration // lingerMax; tests set their own
 }
 
 func newBatcher[T, R any](flushers int, apply func(context.Context, []T) []R) *batcher[T, R] {
-	return &batcher[T, R]{queue: make(chan *waiting[T, R], 4*batchMax), flushers: max(1, flushers),
-		closed: make(chan struct{}), apply: apply}
+	b := &batcher[T, R]{queue: make(chan *waiting[T, R], 4*batchMax), flushers: max(1, flushers),
+		closed: make(chan struct{}), apply: apply, ended: make(chan struct{}, 1), gather: make(chan struct{}, 1),
+		lingerMax: lingerMax}
+	b.gather <- struct{}{}
+	return b
 }
 
 // submit waits for item's result. The error is ctx's or errStoreClosed,
@@ -106,11 +129,19 @@ func (b *batcher[T, R]) run(done <-chan struct{}) {
 
 func (b *batcher[T, R]) flushLoop(ctx context.Context, done <-chan struct{}) {
 	for {
+		// One flusher gathers at a time: waiting items go to one batch,
+		// not a few each to every idle flusher.
+		select {
+		case <-b.gather:
+		case <-done:
+			return
+		}
 		var batch []*waiting[T, R]
 		select {
 		case w := <-b.queue:
 			batch = b.take(batch, w)
 		case <-done:
+			b.gather <- struct{}{}
 			return
 		}
 	drain:
@@ -122,10 +153,50 @@ func (b *batcher[T, R]) flushLoop(ctx context.Context, done <-chan struct{}) {
 				break drain
 			}
 		}
+		batch = b.linger(batch, done)
+		b.inflight.Add(1)
+		b.gather <- struct{}{}
 		if len(batch) > 0 {
 			b.flush(ctx, batch)
 		}
+		b.inflight.Add(-1)
+		select {
+		case b.ended <- struct{}{}:
+		default:
+		}
 	}
+}
+
+// linger lets a small batch grow while another call is in flight (see the
+// package comment above): it returns when no call is in flight, the batch
+// reached lingerItems, a call ended, lingerMax passed, or done closed.
+func (b *batcher[T, R]) linger(batch []*waiting[T, R], done <-chan struct{}) []*waiting[T, R] {
+	if b.inflight.Load() == 0 || len(batch) >= lingerItems {
+		return batch
+	}
+	// A token left by a call that ended before we looked is stale.
+	select {
+	case <-b.ended:
+		if b.inflight.Load() == 0 {
+			return batch
+		}
+	default:
+	}
+	t := time.NewTimer(b.lingerMax)
+	defer t.Stop()
+	for len(batch) < lingerItems {
+		select {
+		case w := <-b.queue:
+			batch = b.take(batch, w)
+		case <-b.ended:
+			return batch
+		case <-t.C:
+			return batch
+		case <-done:
+			return batch
+		}
+	}
+	return batch
 }
 
 // take adds w to batch unless its caller gave up waiting.

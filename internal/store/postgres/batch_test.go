@@ -181,3 +181,77 @@ func waitQueued(t *testing.T, b *batcher[int, int], n int) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// While a call is in flight, a second flusher does not go with one item: it
+// gathers what arrives until the call ends, and then goes with all of it.
+func TestBatcherLingersWhileACallIsInFlight(t *testing.T) {
+	f := &fakeApply{gate: make(chan struct{}), entered: make(chan struct{}, 100)}
+	b := newBatcher(2, f.apply)
+	b.lingerMax = time.Minute // only the end of the call may release it
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() { b.run(done); close(stopped) }()
+	defer func() { close(done); <-stopped }()
+	ctx := context.Background()
+
+	var wg sync.WaitGroup
+	wg.Go(func() { _, _ = b.submit(ctx, 0) })
+	<-f.entered // call 1 holds the first flusher
+	for i := 1; i <= 5; i++ {
+		wg.Go(func() { _, _ = b.submit(ctx, i) })
+	}
+	waitQueued(t, b, 0)
+	deadline := time.Now().Add(5 * time.Second)
+	for len(b.queue) > 0 { // the lingering flusher gathers them all
+		if time.Now().After(deadline) {
+			t.Fatal("items stay queued while a flusher is free")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	select {
+	case <-f.entered:
+		t.Fatal("a second call started while the first was in flight with a small batch")
+	case <-time.After(20 * time.Millisecond):
+	}
+	f.gate <- struct{}{} // call 1 ends
+	<-f.entered
+	f.gate <- struct{}{}
+	wg.Wait()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.calls) != 2 || len(f.calls[1]) != 5 {
+		t.Fatalf("calls %v, want [0] then the five others together", f.calls)
+	}
+}
+
+// A batch of lingerItems goes even while another call is in flight.
+func TestBatcherBigBatchDoesNotLinger(t *testing.T) {
+	f := &fakeApply{gate: make(chan struct{}), entered: make(chan struct{}, 100)}
+	b := newBatcher(2, f.apply)
+	b.lingerMax = time.Minute
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() { b.run(done); close(stopped) }()
+	defer func() { close(done); <-stopped }()
+	ctx := context.Background()
+
+	var wg sync.WaitGroup
+	wg.Go(func() { _, _ = b.submit(ctx, 0) })
+	<-f.entered
+	for i := 1; i <= lingerItems; i++ {
+		wg.Go(func() { _, _ = b.submit(ctx, i) })
+	}
+	select {
+	case <-f.entered: // call 2 started, call 1 still in flight
+	case <-time.After(10 * time.Second):
+		t.Fatal("a full batch waited for the call in flight")
+	}
+	f.gate <- struct{}{}
+	f.gate <- struct{}{}
+	wg.Wait()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.calls) != 2 || len(f.calls[0])+len(f.calls[1]) != lingerItems+1 {
+		t.Fatalf("calls %v", f.calls)
+	}
+}

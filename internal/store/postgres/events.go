@@ -110,7 +110,7 @@ func (s *Store) appendEvents(ctx context.Context, in []store.AppendInput) ([]sto
 	for i := range out {
 		if !out[i].Replay {
 			last = &out[i].Event
-			notices = append(notices, store.Notice{Kind: store.NoticeEvent, RunID: runID, Seq: last.Seq})
+			notices = append(notices, store.Notice{Kind: store.NoticeEvent, RunID: runID, Seq: last.Seq, Leased: in[i].Fence != nil})
 		}
 	}
 	if last != nil {

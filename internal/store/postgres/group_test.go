@@ -205,7 +205,7 @@ func TestCreateAndFrameGroupMixedOutcomes(t *testing.T) {
 			t.Fatalf("create %d (%s): inserted=%t err=%v, want %t", i, creates[i].runID, got[i].inserted, got[i].err, want)
 		}
 	}
-	if r := got[1].run; r.RunID != "a" || r.ThreadID != "th-a" || string(r.Metadata) != `{"k":"a"}` || r.Status != store.StatusCreated {
+	if r := got[1].grant.Run; r == nil || r.RunID != "a" || r.ThreadID != "th-a" || string(r.Metadata) != `{"k":"a"}` || r.Status != store.StatusCreated {
 		t.Fatalf("created run: %+v", r)
 	}
 	var leases int

@@ -178,7 +178,7 @@ func (s *Store) appendFastMany(ctx context.Context, in []store.AppendInput) ([]s
 	for i, c := range calls {
 		evs[i] = c.ev
 		evs[i].CreatedAt = o.created[i]
-		notices[i] = store.Notice{Kind: store.NoticeEvent, RunID: runID, Seq: c.ev.Seq}
+		notices[i] = store.Notice{Kind: store.NoticeEvent, RunID: runID, Seq: c.ev.Seq, Leased: in[0].Fence != nil}
 	}
 	s.heads.put(runID, calls[len(calls)-1].next)
 	s.notes.publish(notices...)

@@ -94,14 +94,41 @@ func jsonParam(b []byte) any {
 
 // CreateRun implements store.Store.
 func (s *Store) CreateRun(ctx context.Context, in store.CreateRunInput) (store.Run, bool, error) {
+	g, created, err := s.createRun(ctx, in, nil)
+	if err != nil {
+		return store.Run{}, false, err
+	}
+	return *g.Run, created, nil
+}
+
+// CreateLeasedRun implements store.Store. Only the batched insert leases
+// (the common case); the transactional path below creates the lease row
+// free, and the run is claimed.
+func (s *Store) CreateLeasedRun(ctx context.Context, in store.CreateRunInput, owner string, ttl time.Duration) (store.LeaseGrant, bool, error) {
+	us, err := ttlMicros(ttl)
+	if err != nil {
+		return store.LeaseGrant{}, false, fmt.Errorf("postgres: create leased run: %w", err)
+	}
+	if owner == "" {
+		return store.LeaseGrant{}, false, errors.New("postgres: create leased run: owner is required")
+	}
+	if err := checkText("owner", owner); err != nil {
+		return store.LeaseGrant{}, false, fmt.Errorf("postgres: create leased run: %w", err)
+	}
+	return s.createRun(ctx, in, &leaseItem{owner: owner, ttlMicros: us})
+}
+
+// createRun creates in's run, leased as asked when the batch inserts it.
+func (s *Store) createRun(ctx context.Context, in store.CreateRunInput, lease *leaseItem) (store.LeaseGrant, bool, error) {
+	fail := func(err error) (store.LeaseGrant, bool, error) { return store.LeaseGrant{}, false, err }
 	if in.RunID == "" {
-		return store.Run{}, false, errors.New("postgres: create run: run_id is required")
+		return fail(errors.New("postgres: create run: run_id is required"))
 	}
 	if in.OwnerSub == "" {
-		return store.Run{}, false, errors.New("postgres: create run: owner is required")
+		return fail(errors.New("postgres: create run: owner is required"))
 	}
 	if err := checkText("run_id", in.RunID, "thread_id", in.ThreadID, "owner", in.OwnerSub); err != nil {
-		return store.Run{}, false, fmt.Errorf("postgres: create run: %w", err)
+		return fail(fmt.Errorf("postgres: create run: %w", err))
 	}
 	docs := make([][]byte, 5)
 	for i, d := range []struct {
@@ -113,17 +140,20 @@ func (s *Store) CreateRun(ctx context.Context, in store.CreateRunInput) (store.R
 	} {
 		c, err := canonicalDoc(d.name, d.raw)
 		if err != nil {
-			return store.Run{}, false, err
+			return fail(err)
 		}
 		docs[i] = c
 	}
 	var input *frameItem
+	if in.Input == nil {
+		lease = nil // nothing to execute
+	}
 	if in.Input != nil {
 		in.Input = new(*in.Input) // a copy: the caller's stays as it was
 		in.Input.RunID = in.RunID
 		it, err := newFrameItem(*in.Input)
 		if err != nil {
-			return store.Run{}, false, fmt.Errorf("postgres: create run %s: input: %w", in.RunID, err)
+			return fail(fmt.Errorf("postgres: create run %s: input: %w", in.RunID, err))
 		}
 		input = &it
 	}
@@ -131,15 +161,15 @@ func (s *Store) CreateRun(ctx context.Context, in store.CreateRunInput) (store.R
 	// The common case, a new run, goes with the others waiting (one
 	// statement, one commit: applyCreates). A run id seen before takes the
 	// transaction below, which compares.
-	o, err := s.creates.submit(ctx, createItem{runID: in.RunID, threadID: in.ThreadID, owner: in.OwnerSub, docs: docs, input: input})
+	o, err := s.creates.submit(ctx, createItem{runID: in.RunID, threadID: in.ThreadID, owner: in.OwnerSub, docs: docs, input: input, lease: lease})
 	if err == nil {
 		err = o.err
 	}
 	if err != nil {
-		return store.Run{}, false, fmt.Errorf("postgres: create run %s: %w", in.RunID, err)
+		return fail(fmt.Errorf("postgres: create run %s: %w", in.RunID, err))
 	}
 	if o.inserted {
-		return o.run, true, nil // applyCreates noted it
+		return o.grant, true, nil // applyCreates noted it
 	}
 	args := []any{in.RunID, in.ThreadID, in.OwnerSub,
 		jsonParam(docs[0]), jsonParam(docs[1]), jsonParam(docs[2]), jsonParam(docs[3]), jsonParam(docs[4])}
@@ -181,27 +211,27 @@ func (s *Store) CreateRun(ctx context.Context, in store.CreateRunInput) (store.R
 		return nil
 	})
 	if err != nil {
-		return store.Run{}, false, fmt.Errorf("postgres: create run %s: %w", in.RunID, err)
+		return fail(fmt.Errorf("postgres: create run %s: %w", in.RunID, err))
 	}
 	if created {
-		s.created(run, input != nil)
-		return run, true, nil
+		s.created(run, input != nil, false)
+		return store.LeaseGrant{Run: &run}, true, nil
 	}
 	if input != nil {
 		// A replay of the create: the input as InsertFrame would take it.
 		if _, _, err := s.InsertFrame(ctx, *in.Input); err != nil {
-			return store.Run{}, false, fmt.Errorf("postgres: create run %s: input: %w", in.RunID, err)
+			return fail(fmt.Errorf("postgres: create run %s: input: %w", in.RunID, err))
 		}
 	}
-	return run, false, nil
+	return store.LeaseGrant{Run: &run}, false, nil
 }
 
 // created notes a new run: its head for the fast appends, and the notice
 // of its input frame (after the commit).
-func (s *Store) created(run store.Run, withInput bool) {
+func (s *Store) created(run store.Run, withInput, leased bool) {
 	s.heads.put(run.RunID, head{status: run.Status})
 	if withInput {
-		s.notes.publish(store.Notice{Kind: store.NoticeFrame, RunID: run.RunID})
+		s.notes.publish(store.Notice{Kind: store.NoticeFrame, RunID: run.RunID, Leased: leased})
 	}
 }
 
@@ -351,12 +381,20 @@ type createItem struct {
 	runID, threadID, owner string
 	docs                   [][]byte
 	input                  *frameItem // the run's first frame, when given
+	lease                  *leaseItem // lease the new run to, when given (with input only)
+}
+
+// leaseItem asks for a new run's lease (CreateLeasedRun).
+type leaseItem struct {
+	owner     string
+	ttlMicros int64
 }
 
 // createOutcome: inserted=false without an error means nothing was written
 // (the run id exists, or the call was refused) and the full path decides.
+// grant.Run is the inserted run; grant.Lease is set when it was leased.
 type createOutcome struct {
-	run      store.Run
+	grant    store.LeaseGrant
 	inserted bool
 	err      error
 }
@@ -393,13 +431,27 @@ func (s *Store) applyCreates(ctx context.Context, items []createItem) []createOu
 			}
 		}
 	}
-	args := make([]any, 0, len(cols)+len(fcols))
+	// Leases: one per run ('' = none, the row starts free).
+	var lowners []string
+	var lttls []int64
+	for _, i := range order {
+		if l := items[i].lease; l != nil {
+			lowners, lttls = append(lowners, l.owner), append(lttls, l.ttlMicros)
+		} else {
+			lowners, lttls = append(lowners, ""), append(lttls, 0)
+		}
+	}
+	args := make([]any, 0, len(cols)+len(fcols)+2)
 	for _, c := range cols {
 		args = append(args, c)
 	}
 	for _, c := range fcols {
 		args = append(args, c)
 	}
+	args = append(args, lowners, lttls)
+	// A leased run's lease row is born held (generation 1), as a claim
+	// would leave it; the statement returns it and the input frame, which
+	// the executor starts from.
 	rows, err := s.pool.Query(ctx, `
 		WITH r AS (
 			INSERT INTO runs (run_id, thread_id, owner_sub, provider, tools, authorization_doc, output_schema, metadata)
@@ -410,25 +462,55 @@ func (s *Store) applyCreates(ctx context.Context, items []createItem) []createOu
 			ON CONFLICT (run_id) DO NOTHING
 			RETURNING `+runCols+`
 		), l AS (
-			INSERT INTO run_leases (run_id) SELECT run_id FROM r
+			INSERT INTO run_leases (run_id, state, owner, generation, expires_at, heartbeat_at, acquired_at)
+			SELECT r.run_id,
+				CASE WHEN z.owner = '' THEN 'free' ELSE 'held' END, z.owner,
+				CASE WHEN z.owner = '' THEN 0 ELSE 1 END,
+				CASE WHEN z.owner = '' THEN NULL ELSE clock_timestamp() + z.ttl * interval '1 microsecond' END,
+				CASE WHEN z.owner = '' THEN NULL ELSE clock_timestamp() END,
+				CASE WHEN z.owner = '' THEN NULL ELSE clock_timestamp() END
+			FROM r JOIN unnest($1::text[], $17::text[], $18::bigint[]) AS z(run_id, owner, ttl) ON z.run_id = r.run_id
+			RETURNING run_id, owner, generation, expires_at
 		), f AS (
 			INSERT INTO frames (`+frameWriteCols+`)
 			SELECT y.run_id, y.frame_id, y.frame_type, y.payload::json, y.payload_hash, y.traceparent, y.tracestate, y.request_id
 			FROM unnest($9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[])
 				AS y(run_id, frame_id, frame_type, payload, payload_hash, traceparent, tracestate, request_id)
 			JOIN r ON r.run_id = y.run_id
+			RETURNING `+frameCols+`
 		)
-		SELECT `+runCols+` FROM r`, args...)
-	got := map[string]store.Run{}
+		SELECT `+qualify("r", runCols)+`, l.owner, l.generation, l.expires_at, `+qualify("f", frameCols)+`
+		FROM r JOIN l ON l.run_id = r.run_id LEFT JOIN f ON f.run_id = r.run_id`, args...)
+	got := map[string]store.LeaseGrant{}
 	if err == nil {
-		var rs []store.Run
-		rs, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (store.Run, error) { return scanRun(row) })
-		for _, r := range rs {
-			got[r.RunID] = r
+		var gs []store.LeaseGrant
+		gs, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (store.LeaseGrant, error) {
+			var (
+				run     runScanner
+				owner   string
+				gen     int64
+				expires *time.Time
+				next    nullFrameScanner
+			)
+			dest := append(run.dest(), &owner, &gen, &expires)
+			if err := row.Scan(append(dest, next.dest()...)...); err != nil {
+				return store.LeaseGrant{}, err
+			}
+			r := run.run()
+			g := store.LeaseGrant{Run: &r}
+			if owner != "" && expires != nil {
+				g.Lease = store.Lease{RunID: r.RunID, Owner: owner, Generation: gen, ExpiresAt: expires.UTC()}
+				g.Result = store.LeaseAcquired
+				g.Next = next.frame()
+			}
+			return g, nil
+		})
+		for _, g := range gs {
+			got[g.Run.RunID] = g
 		}
 	}
 	for _, i := range order {
-		r, ok := got[items[i].runID]
+		g, ok := got[items[i].runID]
 		switch {
 		case refusedCall(err):
 		case err != nil:
@@ -437,8 +519,8 @@ func (s *Store) applyCreates(ctx context.Context, items []createItem) []createOu
 			// Noted before the caller hears of it: the executor may claim
 			// the run as soon as it is committed, and its first append
 			// should find the head.
-			s.created(r, items[i].input != nil)
-			out[i] = createOutcome{run: r, inserted: true}
+			s.created(*g.Run, items[i].input != nil, g.Lease.Owner != "")
+			out[i] = createOutcome{grant: g, inserted: true}
 		}
 	}
 	return out

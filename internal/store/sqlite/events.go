@@ -198,7 +198,7 @@ func (s *Store) appendTx(ctx context.Context, tx *sql.Tx, in store.AppendInput, 
 			return store.Event{}, false, fmt.Errorf("release lease of the finished run: %w", err)
 		}
 	}
-	notify(store.Notice{Kind: store.NoticeEvent, RunID: in.RunID, Seq: seq})
+	notify(store.Notice{Kind: store.NoticeEvent, RunID: in.RunID, Seq: seq, Leased: in.Fence != nil})
 	return ev, false, nil
 }
 

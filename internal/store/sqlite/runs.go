@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/oaruntime/oaruntime/internal/runs"
 	"github.com/oaruntime/oaruntime/internal/store"
@@ -75,11 +76,33 @@ func canonicalDoc(field string, raw json.RawMessage) (sql.NullString, error) {
 
 // CreateRun implements store.Store.
 func (s *Store) CreateRun(ctx context.Context, in store.CreateRunInput) (store.Run, bool, error) {
+	g, created, err := s.createRun(ctx, in, "", 0)
+	if err != nil {
+		return store.Run{}, false, err
+	}
+	return *g.Run, created, nil
+}
+
+// CreateLeasedRun implements store.Store: a new run with input is always
+// leased (one writer, one transaction).
+func (s *Store) CreateLeasedRun(ctx context.Context, in store.CreateRunInput, owner string, ttl time.Duration) (store.LeaseGrant, bool, error) {
+	if err := checkTTL(ttl); err != nil {
+		return store.LeaseGrant{}, false, fmt.Errorf("sqlite: create leased run %s: %w", in.RunID, err)
+	}
+	if owner == "" {
+		return store.LeaseGrant{}, false, fmt.Errorf("sqlite: create leased run %s: owner is required", in.RunID)
+	}
+	return s.createRun(ctx, in, owner, ttl)
+}
+
+// createRun creates in's run, leased to owner (unless "") when it is new
+// and has input.
+func (s *Store) createRun(ctx context.Context, in store.CreateRunInput, owner string, ttl time.Duration) (store.LeaseGrant, bool, error) {
 	if in.RunID == "" {
-		return store.Run{}, false, errors.New("sqlite: create run: run_id is required")
+		return store.LeaseGrant{}, false, errors.New("sqlite: create run: run_id is required")
 	}
 	if in.OwnerSub == "" {
-		return store.Run{}, false, errors.New("sqlite: create run: owner is required")
+		return store.LeaseGrant{}, false, errors.New("sqlite: create run: owner is required")
 	}
 	docs := make([]sql.NullString, 5)
 	for i, d := range []struct {
@@ -91,7 +114,7 @@ func (s *Store) CreateRun(ctx context.Context, in store.CreateRunInput) (store.R
 	} {
 		c, err := canonicalDoc(d.name, d.raw)
 		if err != nil {
-			return store.Run{}, false, fmt.Errorf("sqlite: create run %s: %w", in.RunID, err)
+			return store.LeaseGrant{}, false, fmt.Errorf("sqlite: create run %s: %w", in.RunID, err)
 		}
 		docs[i] = c
 	}
@@ -101,27 +124,46 @@ func (s *Store) CreateRun(ctx context.Context, in store.CreateRunInput) (store.R
 		fin.RunID = in.RunID
 		f, err := newFrame(fin)
 		if err != nil {
-			return store.Run{}, false, fmt.Errorf("sqlite: create run %s: input: %w", in.RunID, err)
+			return store.LeaseGrant{}, false, fmt.Errorf("sqlite: create run %s: input: %w", in.RunID, err)
 		}
 		input = &f
 	}
 
 	var (
-		run     store.Run
+		g       store.LeaseGrant
 		created bool
 	)
 	err := s.write(ctx, func(tx *sql.Tx, notify func(store.Notice)) error {
-		var err error
-		if run, created, err = s.createRunTx(ctx, tx, in, docs); err != nil || input == nil {
+		run, isNew, err := s.createRunTx(ctx, tx, in, docs)
+		if err != nil {
 			return err
 		}
-		_, _, err = s.insertFrameTx(ctx, tx, notify, *input)
-		return err
+		g, created = store.LeaseGrant{Run: &run}, isNew
+		if input == nil {
+			return nil
+		}
+		leased := isNew && owner != ""
+		fr, _, err := s.insertFrameTx(ctx, tx, func(n store.Notice) {
+			n.Leased = leased
+			notify(n)
+		}, *input)
+		if err != nil || !leased {
+			return err
+		}
+		// Born held, generation 1, as a claim would leave it.
+		now := s.now()
+		expires := now.Add(ttl).Truncate(time.Microsecond)
+		if err := takeLeaseTx(ctx, tx, run.RunID, owner, 1, now, expires); err != nil {
+			return err
+		}
+		g.Lease = store.Lease{RunID: run.RunID, Owner: owner, Generation: 1, ExpiresAt: expires}
+		g.Result, g.Next = store.LeaseAcquired, &fr
+		return nil
 	})
 	if err != nil {
-		return store.Run{}, false, err
+		return store.LeaseGrant{}, false, err
 	}
-	return run, created, nil
+	return g, created, nil
 }
 
 // createRunTx inserts the run inside tx, or finds it stored before with the

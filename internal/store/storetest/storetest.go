@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -35,6 +36,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"CreateRun", testCreateRun},
 		{"CreateRunConcurrent", testCreateRunConcurrent},
 		{"CreateRunWithInput", testCreateRunWithInput},
+		{"CreateLeasedRun", testCreateLeasedRun},
 		{"GetRunNotFound", testGetRunNotFound},
 		{"Frames", testFrames},
 		{"FramesConcurrent", testFramesConcurrent},
@@ -1658,6 +1660,97 @@ func testFindEventByType(t *testing.T, s store.Store) {
 	wantErr(t, "FindEventByType(absent type)", err, store.ErrNotFound)
 	_, err = s.FindEventByType(ctx, "nope", "run.delta")
 	wantErr(t, "FindEventByType(unknown run)", err, store.ErrNotFound)
+}
+
+// testCreateLeasedRun: a new run with input may be born leased to the
+// creating executor (no claim); leased or not, it ends up leased exactly once,
+// and a leased one behaves as a claimed one: fenced appends work, other
+// owners cannot take it, the janitor reclaims it when its holder dies.
+func testCreateLeasedRun(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	ch, err := s.Watch(ctx)
+	if err != nil {
+		t.Fatalf("Watch: %v", err)
+	}
+	in := store.CreateRunInput{RunID: "run-l", ThreadID: thread, OwnerSub: owner,
+		Input: &store.InsertFrameInput{FrameID: "f1", Type: "user_message", Payload: json.RawMessage(`{"text":"hi"}`)}}
+	g, created, err := s.CreateLeasedRun(ctx, in, "exec-1", time.Minute)
+	if err != nil || !created || g.Run == nil || g.Run.RunID != "run-l" || g.Run.Status != store.StatusCreated {
+		t.Fatalf("CreateLeasedRun = %+v created %v, err %v", g, created, err)
+	}
+	// A lone create is batched alone and leased (the fallback that is not
+	// is for a refused batch; the executor handles both).
+	if g.Lease.RunID != "run-l" || g.Lease.Owner != "exec-1" || g.Lease.Generation != 1 || g.Result != store.LeaseAcquired ||
+		g.Next == nil || g.Next.FrameID != "f1" || g.Next.ID == 0 || string(g.Next.Payload) != `{"text":"hi"}` {
+		t.Fatalf("leased grant = %+v (next %+v)", g, g.Next)
+	}
+	// The notice of its input says there is nothing to claim.
+	timeout := time.After(10 * time.Second)
+	for seen := false; !seen; {
+		select {
+		case n := <-ch:
+			if n.Kind == store.NoticeFrame && n.RunID == "run-l" {
+				if !n.Leased {
+					t.Fatalf("notice of a leased run's input = %+v, want Leased", n)
+				}
+				seen = true
+			}
+		case <-timeout:
+			t.Fatal("no notice of the leased run's input within 10s")
+		}
+	}
+	// Nobody else gets it while the lease lives.
+	if grants, err := s.ClaimRunnable(ctx, "exec-2", time.Minute, 10); err != nil || len(grants) != 0 {
+		t.Fatalf("claim of a leased run = %+v, %v; want none", grants, err)
+	}
+	_, err = s.AcquireLease(ctx, "run-l", "exec-2", time.Minute)
+	wantErr(t, "AcquireLease of a run born leased", err, store.ErrLeaseHeld)
+	// Its fence holds.
+	if _, _, err := s.AppendEvent(ctx, store.AppendInput{RunID: "run-l", EventType: "run.started",
+		Payload: json.RawMessage(`{}`), Fence: g.Lease.Fence()}); err != nil {
+		t.Fatalf("fenced append under the born lease: %v", err)
+	}
+	// Its holder dies: reclaimed, then claimed by another with a new
+	// generation, and the old fence no longer writes.
+	recs, err := s.ReclaimExpired(ctx, time.Now().Add(time.Hour), 3, 100)
+	if err != nil || len(recs) != 1 || recs[0].RunID != "run-l" || recs[0].Owner != "exec-1" {
+		t.Fatalf("reclaim of the expired born lease = %+v, %v", recs, err)
+	}
+	grants, err := s.ClaimRunnable(ctx, "exec-2", time.Minute, 10)
+	if err != nil || len(grants) != 1 || grants[0].Lease.Generation != 2 || grants[0].Result != store.LeaseStolen {
+		t.Fatalf("claim after reclaim = %+v, %v", grants, err)
+	}
+	_, _, err = s.AppendEvent(ctx, store.AppendInput{RunID: "run-l", EventType: "run.delta",
+		Payload: json.RawMessage(`{"delta":"x"}`), Fence: g.Lease.Fence()})
+	wantErr(t, "append under the reclaimed born lease", err, store.ErrFenced)
+
+	// A replay takes no lease and adds no frame.
+	g2, created, err := s.CreateLeasedRun(ctx, in, "exec-3", time.Minute)
+	if err != nil || created || g2.Lease.Owner != "" || g2.Run == nil || g2.Run.RunID != "run-l" {
+		t.Fatalf("replay of CreateLeasedRun = %+v created %v, err %v", g2, created, err)
+	}
+	if _, err := s.NextFrame(ctx, "run-l", 1<<40); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("NextFrame past every frame: %v", err)
+	}
+	// Without input there is nothing to execute: no lease.
+	g3, created, err := s.CreateLeasedRun(ctx, store.CreateRunInput{RunID: "run-noin", ThreadID: thread, OwnerSub: owner}, "exec-1", time.Minute)
+	if err != nil || !created || g3.Lease.Owner != "" || g3.Run == nil {
+		t.Fatalf("CreateLeasedRun without input = %+v created %v, err %v", g3, created, err)
+	}
+	if _, err := s.AcquireLease(ctx, "run-noin", "exec-2", time.Minute); err != nil {
+		t.Fatalf("AcquireLease of a run created without input: %v", err)
+	}
+	// Bad arguments name what is wrong.
+	in.RunID = "run-bad"
+	if _, _, err := s.CreateLeasedRun(ctx, in, "", time.Minute); err == nil || !strings.Contains(err.Error(), "owner") {
+		t.Fatalf("CreateLeasedRun without owner: %v", err)
+	}
+	if _, _, err := s.CreateLeasedRun(ctx, in, "exec-1", 0); err == nil || !strings.Contains(err.Error(), "ttl") {
+		t.Fatalf("CreateLeasedRun with ttl 0: %v", err)
+	}
+	if _, err := s.GetRun(ctx, "run-bad"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("a refused CreateLeasedRun left a run: %v", err)
+	}
 }
 
 // testWatch requires that a write committed after Watch returned is

@@ -10,6 +10,10 @@
 -- The planner settings keep every statement on primary-key lookups: on a
 -- young table (or one whose statistics lag) a join over the input may
 -- otherwise choose a sequential scan, and the cached plan would keep it.
+-- For the same reason the lease updates test state as `l.state || '' =
+-- 'held'`: written plainly, the condition matches run_leases_held_idx (WHERE
+-- state = 'held'), and with young statistics the planner scanned every held
+-- lease of the table for each call instead of looking up its few rows.
 
 -- +goose Up
 -- +goose StatementBegin
@@ -33,7 +37,8 @@ BEGIN
     -- (the lateral subquery runs once per input row, in order); their row
     -- locks serialize every writer of those runs until the commit. Then,
     -- under those locks, drop the runs whose events reuse a seen
-    -- idempotency key (nobody else can add one now).
+    -- idempotency key (nobody else can add one now): one index lookup per
+    -- key, where `= ANY (keys)` read every keyed event of the run.
     WITH locked AS MATERIALIZED (
         SELECT g.i, g.run_id, g.keyed, g.first_event, g.events
         FROM unnest(g_run_id, g_prev_seq, g_prev_hash, g_prev_status, g_keyed, g_first_event, g_events)
@@ -46,8 +51,9 @@ BEGIN
     )
     SELECT coalesce(array_agg(l.i::int ORDER BY l.i), '{}') INTO v_ok
     FROM locked l
-    WHERE NOT (l.keyed AND EXISTS (SELECT 1 FROM run_events e WHERE e.run_id = l.run_id
-        AND e.idempotency_key = ANY (e_key[l.first_event : l.first_event + l.events - 1])));
+    WHERE NOT (l.keyed AND EXISTS (
+        SELECT 1 FROM unnest(e_key[l.first_event : l.first_event + l.events - 1]) AS k(key)
+            JOIN run_events e ON e.run_id = l.run_id AND e.idempotency_key = k.key));
 
     IF cardinality(v_ok) = 0 THEN
         RETURN;
@@ -66,7 +72,7 @@ BEGIN
             state      = CASE WHEN g.terminal THEN 'released' ELSE l.state END,
             expires_at = CASE WHEN g.terminal THEN clock_timestamp() ELSE l.expires_at END
         FROM g
-        WHERE l.run_id = g.run_id AND l.state = 'held' AND l.owner = g.owner AND l.generation = g.generation
+        WHERE l.run_id = g.run_id AND l.state || '' = 'held' AND l.owner = g.owner AND l.generation = g.generation
           AND l.expires_at > clock_timestamp()
         RETURNING g.i)
     SELECT coalesce(array_agg(g.i::int), '{}') INTO v_lost
@@ -84,7 +90,7 @@ BEGIN
     UPDATE run_leases l SET state = 'released', expires_at = clock_timestamp()
     FROM unnest(g_run_id) WITH ORDINALITY AS g(run_id, i)
     WHERE g.i = ANY (v_ok) AND NOT g_fenced[g.i] AND g_terminal[g.i]
-      AND l.run_id = g.run_id AND l.state = 'held';
+      AND l.run_id = g.run_id AND l.state || '' = 'held';
 
     -- Every check passed; nothing below can refuse a run.
     UPDATE runs r SET
