@@ -288,10 +288,15 @@ func TestCreateAndFrameGroupConcurrent(t *testing.T) {
 }
 
 // BenchmarkAppendGroup reports the cost of one oa_append_group call that
-// finishes runsPerCall leased runs (run.started, the answer, run.finished:
-// a no-op run's appends), the shape of a busy server's calls.
+// finishes n leased runs (run.started, the answer, run.finished: a no-op
+// run's appends): 1 is a quiet server's call, 16 a busy one's.
 func BenchmarkAppendGroup(b *testing.B) {
-	const runsPerCall = 16
+	for _, n := range []int{1, 16} {
+		b.Run(fmt.Sprintf("runs=%d", n), func(b *testing.B) { benchmarkAppendGroup(b, n) })
+	}
+}
+
+func benchmarkAppendGroup(b *testing.B, runsPerCall int) {
 	s := newBenchStore(b)
 	ctx := context.Background()
 	p := json.RawMessage(`{}`)

@@ -28,6 +28,7 @@ CREATE OR REPLACE FUNCTION oa_append_group(
 ) RETURNS TABLE (o_run_id text, o_seq bigint, o_created_at timestamptz)
 LANGUAGE plpgsql
 SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_ok int[];  -- positions (in g_*) of the runs still applying
