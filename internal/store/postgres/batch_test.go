@@ -50,9 +50,12 @@ func (f *fakeApply) wasApplied(x int) bool {
 	return f.applied[x]
 }
 
-func startBatcher(t *testing.T, flushers int, f *fakeApply) (*batcher[int, int], func()) {
+func startBatcher(t *testing.T, flushers int, f *fakeApply, opts ...func(*batcher[int, int])) (*batcher[int, int], func()) {
 	t.Helper()
 	b := newBatcher(flushers, f.apply)
+	for _, o := range opts {
+		o(b)
+	}
 	done := make(chan struct{})
 	stopped := make(chan struct{})
 	go func() { b.run(done); close(stopped) }()
@@ -186,12 +189,8 @@ func waitQueued(t *testing.T, b *batcher[int, int], n int) {
 // gathers what arrives until the call ends, and then goes with all of it.
 func TestBatcherLingersWhileACallIsInFlight(t *testing.T) {
 	f := &fakeApply{gate: make(chan struct{}), entered: make(chan struct{}, 100)}
-	b := newBatcher(2, f.apply)
-	b.lingerMax = time.Minute // only the end of the call may release it
-	done := make(chan struct{})
-	stopped := make(chan struct{})
-	go func() { b.run(done); close(stopped) }()
-	defer func() { close(done); <-stopped }()
+	// Only the end of the call may release it.
+	b, _ := startBatcher(t, 2, f, func(b *batcher[int, int]) { b.lingerMax = time.Minute })
 	ctx := context.Background()
 
 	var wg sync.WaitGroup
@@ -227,12 +226,7 @@ func TestBatcherLingersWhileACallIsInFlight(t *testing.T) {
 // A batch of lingerItems goes even while another call is in flight.
 func TestBatcherBigBatchDoesNotLinger(t *testing.T) {
 	f := &fakeApply{gate: make(chan struct{}), entered: make(chan struct{}, 100)}
-	b := newBatcher(2, f.apply)
-	b.lingerMax = time.Minute
-	done := make(chan struct{})
-	stopped := make(chan struct{})
-	go func() { b.run(done); close(stopped) }()
-	defer func() { close(done); <-stopped }()
+	b, _ := startBatcher(t, 2, f, func(b *batcher[int, int]) { b.lingerMax = time.Minute })
 	ctx := context.Background()
 
 	var wg sync.WaitGroup
