@@ -336,7 +336,12 @@ func (s *Slot) Cancel() {
 	if c, ok := e.running[s.runID]; ok && c == nil {
 		delete(e.running, s.runID)
 	}
+	missed := e.missed
+	e.missed = false
 	e.mu.Unlock()
+	if missed {
+		e.wake() // a claim was turned away while the slot was held
+	}
 	e.wg.Done()
 }
 

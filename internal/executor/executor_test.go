@@ -496,3 +496,35 @@ func TestCreatedLeasedRunsStartWithoutClaim(t *testing.T) {
 		t.Fatal("a run created without its lease was not claimed")
 	}
 }
+
+// A claim turned away because every slot was taken is made again as soon
+// as a run ends, not at the next poll: with one slot and no polling, runs
+// queued behind a busy slot all finish.
+func TestFullExecutorClaimsWhenASlotFrees(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st := openStore(t)
+	hub := notify.NewHub()
+	go func() { _ = hub.Run(ctx, st) }()
+	ex := executor.New(executor.Config{Owner: "n1", LeaseTTL: 10 * time.Second, PollInterval: time.Hour, Concurrency: 1},
+		executor.Deps{Store: st, Hub: hub})
+	ex.Start(ctx)
+	ids := []string{"run-q1", "run-q2", "run-q3"}
+	for _, id := range ids {
+		createRun(t, st, id, "")
+		sendFrame(t, st, id, "f1", "user_message", map[string]any{"text": "hi"})
+	}
+	for _, id := range ids {
+		waitStatus(t, st, id, store.StatusSucceeded, 10*time.Second)
+	}
+	// A slot reserved and given back also looks again for what it kept out.
+	s, ok := ex.Reserve("run-q4")
+	if !ok {
+		t.Fatal("Reserve: no slot")
+	}
+	createRun(t, st, "run-q5", "")
+	sendFrame(t, st, "run-q5", "f1", "user_message", map[string]any{"text": "hi"})
+	time.Sleep(50 * time.Millisecond) // its notice finds the only slot reserved
+	s.Cancel()
+	waitStatus(t, st, "run-q5", store.StatusSucceeded, 10*time.Second)
+}
