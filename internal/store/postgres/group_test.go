@@ -335,3 +335,43 @@ func benchmarkAppendGroup(b *testing.B, runsPerCall int) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*runsPerCall), "µs/run")
 }
+
+// BenchmarkAppendGroupLongRun: keyed appends to a run that already has
+// 5,000 keyed events (a long agent run): the seen-key check must look up
+// the new keys, not read the run's keys.
+func BenchmarkAppendGroupLongRun(b *testing.B) {
+	s := newBenchStore(b)
+	ctx := context.Background()
+	const id = "run-long"
+	if _, _, err := s.CreateRun(ctx, store.CreateRunInput{RunID: id, ThreadID: "t", OwnerSub: "user:b"}); err != nil {
+		b.Fatal(err)
+	}
+	g, err := s.AcquireLease(ctx, id, "node-a", time.Hour)
+	if err != nil {
+		b.Fatal(err)
+	}
+	f := g.Lease.Fence()
+	in := make([]store.AppendInput, 0, 100)
+	n := 0
+	appendKeyed := func(count int) {
+		for done := 0; done < count; done += len(in) {
+			in = in[:0]
+			for range min(100, count-done) {
+				n++
+				in = append(in, store.AppendInput{RunID: id, EventType: "run.delta", Payload: json.RawMessage(`{"delta":"x"}`),
+					IdempotencyKey: fmt.Sprintf("k%d", n), Fence: f})
+			}
+			if _, err := s.AppendEvents(ctx, in); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	appendKeyed(5000)
+	if _, err := s.pool.Exec(ctx, `ANALYZE run_events`); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		appendKeyed(1)
+	}
+}
