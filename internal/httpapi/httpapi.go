@@ -123,7 +123,7 @@ func New(d Deps) http.Handler {
 		ready: d.Ready, readyTimeout: d.ReadyTimeout, tracer: d.Tracer, propagator: d.Propagator,
 		maxBody: d.MaxBodyBytes, version: d.Version, now: d.Now, fault: d.Fault, receipt: d.Receipt,
 		executor: d.Executor,
-		mux: http.NewServeMux(), patterns: make(map[string]struct{}),
+		mux:      http.NewServeMux(), patterns: make(map[string]struct{}),
 	}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
