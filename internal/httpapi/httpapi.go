@@ -121,9 +121,8 @@ func New(d Deps) http.Handler {
 	a := &api{
 		store: d.Store, metrics: d.Metrics, log: d.Logger, verifier: d.Verifier, stream: d.Stream,
 		ready: d.Ready, readyTimeout: d.ReadyTimeout, tracer: d.Tracer, propagator: d.Propagator,
-		maxBody: d.MaxBodyBytes, version: d.Version, now: d.Now, fault: d.Fault, receipt: d.Receipt,
-		executor: d.Executor,
-		mux:      http.NewServeMux(), patterns: make(map[string]struct{}),
+		maxBody: d.MaxBodyBytes, version: d.Version, now: d.Now, fault: d.Fault, receipt: d.Receipt, executor: d.Executor,
+		mux: http.NewServeMux(), patterns: make(map[string]struct{}),
 	}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
