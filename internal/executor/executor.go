@@ -246,11 +246,9 @@ func pause(ctx context.Context, d time.Duration) {
 func (e *Executor) claim(ctx context.Context) (full bool) {
 	e.mu.Lock()
 	free := e.cfg.Concurrency - len(e.running)
-	if free <= 0 {
-		e.missed = true // look again when a slot frees
-	}
 	e.mu.Unlock()
 	if free <= 0 {
+		e.setMissed() // look again when a slot frees
 		return false
 	}
 	grants, err := e.d.Store.ClaimRunnable(ctx, e.cfg.Owner, e.cfg.LeaseTTL, free)
@@ -266,12 +264,28 @@ func (e *Executor) claim(ctx context.Context) (full bool) {
 		e.spawn(ctx, g)
 	}
 	if len(grants) == free {
-		e.mu.Lock()
-		e.missed = true // there may be more than fitted
-		e.mu.Unlock()
+		e.setMissed() // there may be more than fitted
 		return true
 	}
 	return false
+}
+
+func (e *Executor) setMissed() {
+	e.mu.Lock()
+	e.missed = true
+	e.mu.Unlock()
+}
+
+// wakeIfMissed wakes the claim loop when a claim was turned away since the
+// last look (a slot has just freed).
+func (e *Executor) wakeIfMissed() {
+	e.mu.Lock()
+	missed := e.missed
+	e.missed = false
+	e.mu.Unlock()
+	if missed {
+		e.wake()
+	}
 }
 
 // Slot is one of the executor's slots, reserved for a run about to be
@@ -279,6 +293,7 @@ func (e *Executor) claim(ctx context.Context) (full bool) {
 // without a claim. It must be used (Start) or given back (Cancel), once.
 type Slot struct {
 	e     *Executor
+	ctx   context.Context // the executor's (Start's)
 	runID string
 	done  bool
 }
@@ -296,7 +311,7 @@ func (e *Executor) Reserve(runID string) (*Slot, bool) {
 	}
 	e.running[runID] = nil
 	e.wg.Add(1) // Stop waits for the slot's run, or for its Cancel
-	return &Slot{e: e, runID: runID}, true
+	return &Slot{e: e, ctx: e.runCtx, runID: runID}, true
 }
 
 // Owner and TTL are what CreateLeasedRun needs.
@@ -318,10 +333,7 @@ func (s *Slot) Start(g store.LeaseGrant) {
 	s.done = true
 	e := s.e
 	e.d.Metrics.LeaseOp("acquire", g.Result)
-	e.mu.Lock()
-	ctx := e.runCtx
-	e.mu.Unlock()
-	e.spawn(ctx, g)
+	e.spawn(s.ctx, g)
 	e.wg.Done() // the run's goroutine holds its own count now
 }
 
@@ -336,12 +348,8 @@ func (s *Slot) Cancel() {
 	if c, ok := e.running[s.runID]; ok && c == nil {
 		delete(e.running, s.runID)
 	}
-	missed := e.missed
-	e.missed = false
 	e.mu.Unlock()
-	if missed {
-		e.wake() // a claim was turned away while the slot was held
-	}
+	e.wakeIfMissed()
 	e.wg.Done()
 }
 
@@ -358,17 +366,16 @@ func (e *Executor) spawn(ctx context.Context, g store.LeaseGrant) {
 		defer func() {
 			e.mu.Lock()
 			delete(e.running, l.RunID)
-			missed := e.missed
-			e.missed = false
 			e.mu.Unlock()
 			cancel()
 			// Work may have arrived while we held the lease (a run left
 			// open can have new input), or while every slot was taken.
 			// A finished run on an executor that turned nothing away
 			// leaves nothing to look for.
-			if !settled || missed {
+			if !settled {
 				e.wake()
 			}
+			e.wakeIfMissed()
 		}()
 		settled = e.execute(runCtx, g)
 	}()

@@ -35,21 +35,31 @@ func ttlMicros(ttl time.Duration) (int64, error) {
 	return ttl.Microseconds(), nil
 }
 
+// leaseArgs checks the owner and ttl of a lease to take (acquire, claim,
+// create leased) and returns the ttl in microseconds.
+func leaseArgs(owner string, ttl time.Duration) (int64, error) {
+	us, err := ttlMicros(ttl)
+	if err != nil {
+		return 0, err
+	}
+	if owner == "" {
+		return 0, errors.New("owner is required")
+	}
+	if err := checkText("owner", owner); err != nil {
+		return 0, err
+	}
+	return us, nil
+}
+
 // AcquireLease implements store.Store. The lease row is locked FOR UPDATE so
 // that concurrent acquirers decide one after the other.
 func (s *Store) AcquireLease(ctx context.Context, runID, owner string, ttl time.Duration) (store.LeaseGrant, error) {
-	us, err := ttlMicros(ttl)
+	us, err := leaseArgs(owner, ttl)
 	if err != nil {
 		return store.LeaseGrant{}, fmt.Errorf("postgres: acquire lease of %s: %w", runID, err)
 	}
-	if owner == "" {
-		return store.LeaseGrant{}, fmt.Errorf("postgres: acquire lease of %s: owner is required", runID)
-	}
 	if !storable(runID) {
 		return store.LeaseGrant{}, fmt.Errorf("postgres: acquire lease of %q: %w", runID, store.ErrNotFound)
-	}
-	if err := checkText("owner", owner); err != nil {
-		return store.LeaseGrant{}, fmt.Errorf("postgres: acquire lease of %s: %w", runID, err)
 	}
 	var grant store.LeaseGrant
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
@@ -148,14 +158,8 @@ func (s *Store) ReleaseLease(ctx context.Context, l store.Lease) error {
 // FOR UPDATE SKIP LOCKED, so replicas claiming at the same time take
 // disjoint runs instead of queueing behind each other.
 func (s *Store) ClaimRunnable(ctx context.Context, owner string, ttl time.Duration, limit int) ([]store.LeaseGrant, error) {
-	us, err := ttlMicros(ttl)
+	us, err := leaseArgs(owner, ttl)
 	if err != nil {
-		return nil, fmt.Errorf("postgres: claim runnable: %w", err)
-	}
-	if owner == "" {
-		return nil, errors.New("postgres: claim runnable: owner is required")
-	}
-	if err := checkText("owner", owner); err != nil {
 		return nil, fmt.Errorf("postgres: claim runnable: %w", err)
 	}
 	if limit <= 0 {

@@ -105,15 +105,9 @@ func (s *Store) CreateRun(ctx context.Context, in store.CreateRunInput) (store.R
 // (the common case); the transactional path below creates the lease row
 // free, and the run is claimed.
 func (s *Store) CreateLeasedRun(ctx context.Context, in store.CreateRunInput, owner string, ttl time.Duration) (store.LeaseGrant, bool, error) {
-	us, err := ttlMicros(ttl)
+	us, err := leaseArgs(owner, ttl)
 	if err != nil {
-		return store.LeaseGrant{}, false, fmt.Errorf("postgres: create leased run: %w", err)
-	}
-	if owner == "" {
-		return store.LeaseGrant{}, false, errors.New("postgres: create leased run: owner is required")
-	}
-	if err := checkText("owner", owner); err != nil {
-		return store.LeaseGrant{}, false, fmt.Errorf("postgres: create leased run: %w", err)
+		return store.LeaseGrant{}, false, fmt.Errorf("postgres: create leased run %s: %w", in.RunID, err)
 	}
 	return s.createRun(ctx, in, &leaseItem{owner: owner, ttlMicros: us})
 }
@@ -408,6 +402,9 @@ func (s *Store) applyCreates(ctx context.Context, items []createItem) []createOu
 	order := firstOf(len(items), func(i int) string { return items[i].runID })
 	slices.SortFunc(order, func(x, y int) int { return strings.Compare(items[x].runID, items[y].runID) })
 	cols := make([][]*string, 8)
+	// Leases: one per run ('' = none, the row starts free).
+	lowners := make([]string, 0, len(order))
+	lttls := make([]int64, 0, len(order))
 	for _, i := range order {
 		it := items[i]
 		cols[0] = append(cols[0], &it.runID)
@@ -420,6 +417,11 @@ func (s *Store) applyCreates(ctx context.Context, items []createItem) []createOu
 			}
 			cols[3+d] = append(cols[3+d], v)
 		}
+		var l leaseItem
+		if it.lease != nil {
+			l = *it.lease
+		}
+		lowners, lttls = append(lowners, l.owner), append(lttls, l.ttlMicros)
 	}
 	// Input frames: inserted with their new run (a new run has no frames,
 	// so there is nothing to compare).
@@ -429,16 +431,6 @@ func (s *Store) applyCreates(ctx context.Context, items []createItem) []createOu
 			for c, v := range f.values() {
 				fcols[c] = append(fcols[c], v)
 			}
-		}
-	}
-	// Leases: one per run ('' = none, the row starts free).
-	var lowners []string
-	var lttls []int64
-	for _, i := range order {
-		if l := items[i].lease; l != nil {
-			lowners, lttls = append(lowners, l.owner), append(lttls, l.ttlMicros)
-		} else {
-			lowners, lttls = append(lowners, ""), append(lttls, 0)
 		}
 	}
 	args := make([]any, 0, len(cols)+len(fcols)+2)

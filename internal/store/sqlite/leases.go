@@ -63,13 +63,22 @@ func checkTTL(ttl time.Duration) error {
 	return nil
 }
 
-// AcquireLease implements store.Store.
-func (s *Store) AcquireLease(ctx context.Context, runID, owner string, ttl time.Duration) (store.LeaseGrant, error) {
+// checkLeaseArgs checks the owner and ttl of a lease to take (acquire,
+// claim, create leased).
+func checkLeaseArgs(owner string, ttl time.Duration) error {
 	if err := checkTTL(ttl); err != nil {
-		return store.LeaseGrant{}, fmt.Errorf("sqlite: acquire lease of %s: %w", runID, err)
+		return err
 	}
 	if owner == "" {
-		return store.LeaseGrant{}, fmt.Errorf("sqlite: acquire lease of %s: owner is required", runID)
+		return errors.New("owner is required")
+	}
+	return nil
+}
+
+// AcquireLease implements store.Store.
+func (s *Store) AcquireLease(ctx context.Context, runID, owner string, ttl time.Duration) (store.LeaseGrant, error) {
+	if err := checkLeaseArgs(owner, ttl); err != nil {
+		return store.LeaseGrant{}, fmt.Errorf("sqlite: acquire lease of %s: %w", runID, err)
 	}
 	var grant store.LeaseGrant
 	err := s.write(ctx, func(tx *sql.Tx, _ func(store.Notice)) error {
@@ -167,11 +176,8 @@ func (s *Store) ReleaseLease(ctx context.Context, l store.Lease) error {
 // A lease that merely expired is not claimable: it waits for the janitor, so
 // that every lost executor is recorded as run.executor_lost and counted.
 func (s *Store) ClaimRunnable(ctx context.Context, owner string, ttl time.Duration, limit int) ([]store.LeaseGrant, error) {
-	if err := checkTTL(ttl); err != nil {
+	if err := checkLeaseArgs(owner, ttl); err != nil {
 		return nil, fmt.Errorf("sqlite: claim runnable: %w", err)
-	}
-	if owner == "" {
-		return nil, errors.New("sqlite: claim runnable: owner is required")
 	}
 	if limit <= 0 {
 		return nil, nil

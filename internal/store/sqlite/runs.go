@@ -86,11 +86,8 @@ func (s *Store) CreateRun(ctx context.Context, in store.CreateRunInput) (store.R
 // CreateLeasedRun implements store.Store: a new run with input is always
 // leased (one writer, one transaction).
 func (s *Store) CreateLeasedRun(ctx context.Context, in store.CreateRunInput, owner string, ttl time.Duration) (store.LeaseGrant, bool, error) {
-	if err := checkTTL(ttl); err != nil {
+	if err := checkLeaseArgs(owner, ttl); err != nil {
 		return store.LeaseGrant{}, false, fmt.Errorf("sqlite: create leased run %s: %w", in.RunID, err)
-	}
-	if owner == "" {
-		return store.LeaseGrant{}, false, fmt.Errorf("sqlite: create leased run %s: owner is required", in.RunID)
 	}
 	return s.createRun(ctx, in, owner, ttl)
 }
